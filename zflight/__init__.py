@@ -1,0 +1,17 @@
+"""zflight: train ZFNet with PyTorch Lightning and see what every layer learned.
+
+Public names, by the way data flows: data → models → LightningModule → callbacks → figures,
+with the attribution tools (plain PyTorch + Captum, no Lightning) beside them.
+"""
+
+from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ZFNet",
+    "alexnet_zf",
+    "build_model",
+    "renormalize_filters",
+    "zfnet",
+]

@@ -1,0 +1,349 @@
+"""ZFNet (Zeiler & Fergus 2014, Fig. 3), the paper's AlexNet replication, and torchvision models by name.
+
+Every layer has a name a user can write in a config: ``conv1`` … ``conv5``, ``relu1`` … ``relu7``,
+``pool1``, ``pool2``, ``pool5``, ``norm1``, ``norm2``, ``fc6``, ``fc7``, ``fc8``. They live under
+``features`` and ``classifier`` (torchvision style), so the full names are ``features.conv5`` and
+``classifier.fc6``; zflight's layer lookup also accepts the short, unique suffix ``conv5``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ZFNet",
+    "zfnet",
+    "alexnet_zf",
+    "build_model",
+    "renormalize_filters",
+    "init_weights",
+]
+
+Init = Literal["paper", "kaiming"]
+
+
+def _lrn() -> nn.LocalResponseNorm:
+    # The paper's "contrast normalization across feature maps" has no constants; we read it as
+    # AlexNet's LRN: n=5, alpha=1e-4, beta=0.75, k=2. AlexNet's alpha multiplies the plain sum of
+    # squares, while PyTorch's LocalResponseNorm divides alpha by n, hence alpha = 1e-4 * 5.
+    return nn.LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0)
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+class ZFNet(nn.Module):
+    """A five-conv-layer, three-FC-layer network in ZFNet's layout.
+
+    Built by :func:`zfnet` and :func:`alexnet_zf`; use those. ``features`` maps an image to the
+    pool5 maps, ``classifier`` flattens them and applies fc6 to fc8.
+
+    Args:
+        features: the convolutional trunk, ending in ``pool5``.
+        num_classes: outputs of fc8.
+        image_size: input height and width; fc6's input size is computed for it.
+        fc_width: units of fc6 and fc7.
+        dropout: dropout probability before fc7 and fc8 (the paper: 0.5 on fc6 and fc7 outputs).
+        init: ``"paper"`` draws weights from N(0, 0.01²) with zero biases; ``"kaiming"`` uses
+            Kaiming-normal (fan-out for convs, fan-in for linear layers) with zero biases.
+    """
+
+    def __init__(
+        self,
+        features: nn.Sequential,
+        *,
+        num_classes: int,
+        image_size: int,
+        fc_width: int,
+        dropout: float,
+        init: Init,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.image_size = image_size
+        self.features = features
+        with torch.no_grad():
+            try:
+                out = features(torch.zeros(1, 3, image_size, image_size, device="meta"))
+            except RuntimeError as err:
+                raise ValueError(
+                    f"image_size={image_size} is too small for this network: {err}"
+                ) from None
+        flat = out.shape[1] * out.shape[2] * out.shape[3]
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                [
+                    ("flatten", nn.Flatten(1)),
+                    ("fc6", nn.Linear(flat, fc_width)),
+                    ("relu6", nn.ReLU()),
+                    ("drop6", nn.Dropout(dropout)),
+                    ("fc7", nn.Linear(fc_width, fc_width)),
+                    ("relu7", nn.ReLU()),
+                    ("drop7", nn.Dropout(dropout)),
+                    ("fc8", nn.Linear(fc_width, num_classes)),
+                ]
+            )
+        )
+        init_weights(self, init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def init_weights(model: nn.Module, init: Init = "paper") -> None:
+    """Initialize every conv and linear layer of ``model`` in place.
+
+    Args:
+        model: any module.
+        init: ``"paper"`` (N(0, 0.01²) weights, zero biases, as Zeiler & Fergus) or ``"kaiming"``.
+
+    Example:
+        >>> init_weights(zfnet(num_classes=10, width=0.25, image_size=64), "kaiming")
+    """
+    if init not in ("paper", "kaiming"):
+        raise ValueError(f"init must be 'paper' or 'kaiming', got {init!r}")
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if init == "paper":
+                nn.init.normal_(m.weight, mean=0.0, std=1e-2)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _trunk(
+    conv1: tuple[int, int, int],
+    conv2: tuple[int, int, int],
+    width: float,
+    mid_channels: tuple[int, int, int],
+) -> nn.Sequential:
+    """conv1..pool5 with (kernel, stride, padding) for conv1 and conv2; ceil-mode pooling."""
+    c1, c2 = _scaled(96, width), _scaled(256, width)
+    c3, c4, c5 = (_scaled(c, width) for c in mid_channels)
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(3, c1, conv1[0], stride=conv1[1], padding=conv1[2])),
+                ("relu1", nn.ReLU()),
+                ("pool1", nn.MaxPool2d(3, stride=2, ceil_mode=True)),
+                ("norm1", _lrn()),
+                ("conv2", nn.Conv2d(c1, c2, conv2[0], stride=conv2[1], padding=conv2[2])),
+                ("relu2", nn.ReLU()),
+                ("pool2", nn.MaxPool2d(3, stride=2, ceil_mode=True)),
+                ("norm2", _lrn()),
+                ("conv3", nn.Conv2d(c2, c3, 3, padding=1)),
+                ("relu3", nn.ReLU()),
+                ("conv4", nn.Conv2d(c3, c4, 3, padding=1)),
+                ("relu4", nn.ReLU()),
+                ("conv5", nn.Conv2d(c4, c5, 3, padding=1)),
+                ("relu5", nn.ReLU()),
+                ("pool5", nn.MaxPool2d(3, stride=2, ceil_mode=True)),
+            ]
+        )
+    )
+
+
+def _check_common(width: float, image_size: int) -> None:
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+        raise ValueError(f"width must be a positive number, got {width!r}")
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+
+
+def zfnet(
+    *,
+    num_classes: int = 1000,
+    width: float = 1.0,
+    image_size: int = 224,
+    dropout: float = 0.5,
+    init: Init = "paper",
+    wide: bool = False,
+) -> ZFNet:
+    """ZFNet exactly as in Fig. 3 of Zeiler & Fergus (2014).
+
+    conv1 96×7×7 stride 2 (pad 1) → 110², max-pool 3/2 → 55², LRN; conv2 256×5×5 stride 2 → 26²,
+    max-pool → 13², LRN; conv3 384, conv4 384, conv5 256 (3×3, pad 1) → 13²; max-pool → 6²×256;
+    fc6 4096, fc7 4096 (dropout 0.5), fc8. 62,357,608 parameters at 1000 classes and 224 px.
+
+    Args:
+        num_classes: number of classes (fc8 outputs).
+        width: multiplies every layer's channel count and the fc width (0.25 for the quickstart).
+        image_size: input height/width; fc6 is sized for the pool5 maps at this size.
+        dropout: dropout probability of fc6 and fc7 outputs.
+        init: ``"paper"`` (N(0, 1e-2) weights, zero biases) or ``"kaiming"``.
+        wide: the paper's variant (b), with 512, 1024, 512 maps in layers 3, 4, 5.
+
+    Returns:
+        The network, layers named ``conv1`` … ``fc8``.
+
+    Example:
+        >>> model = zfnet(num_classes=10, width=0.25, image_size=64)
+        >>> model(torch.zeros(2, 3, 64, 64)).shape
+        torch.Size([2, 10])
+    """
+    _check_common(width, image_size)
+    mid = (512, 1024, 512) if wide else (384, 384, 256)
+    features = _trunk((7, 2, 1), (5, 2, 0), width, mid)
+    return ZFNet(
+        features,
+        num_classes=num_classes,
+        image_size=image_size,
+        fc_width=_scaled(4096, width),
+        dropout=dropout,
+        init=init,
+    )
+
+
+def alexnet_zf(
+    *,
+    num_classes: int = 1000,
+    width: float = 1.0,
+    image_size: int = 224,
+    dropout: float = 0.5,
+    init: Init = "paper",
+) -> ZFNet:
+    """The paper's "replication of Krizhevsky et al.": ZFNet's layout with AlexNet's first layers.
+
+    conv1 96×11×11 stride 4 (pad 2) → 55², max-pool → 27², LRN; conv2 256×5×5 stride 1 (pad 2)
+    → 27², max-pool → 13², LRN; conv3-5 and the head as in :func:`zfnet` (dense, not split over
+    two GPUs). This is the baseline of the paper's architecture comparison (Fig. 6).
+
+    Args:
+        num_classes: number of classes.
+        width: channel multiplier.
+        image_size: input height/width.
+        dropout: dropout probability of fc6 and fc7 outputs.
+        init: ``"paper"`` or ``"kaiming"``.
+
+    Returns:
+        The network, layers named as in :func:`zfnet`.
+
+    Example:
+        >>> alexnet_zf(num_classes=10, width=0.25, image_size=96)(torch.zeros(1, 3, 96, 96)).shape
+        torch.Size([1, 10])
+    """
+    _check_common(width, image_size)
+    features = _trunk((11, 4, 2), (5, 1, 2), width, (384, 384, 256))
+    return ZFNet(
+        features,
+        num_classes=num_classes,
+        image_size=image_size,
+        fc_width=_scaled(4096, width),
+        dropout=dropout,
+        init=init,
+    )
+
+
+_ZF_ARCHS = {"zfnet": zfnet, "alexnet_zf": alexnet_zf}
+
+
+def build_model(
+    arch: str = "zfnet",
+    *,
+    num_classes: int = 1000,
+    width: float = 1.0,
+    image_size: int = 224,
+    dropout: float = 0.5,
+    init: Init = "paper",
+    weights: str | None = None,
+) -> nn.Module:
+    """Build ``zfnet``, ``alexnet_zf`` or any torchvision classification model by name.
+
+    Args:
+        arch: ``"zfnet"``, ``"zfnet_b"`` (variant b), ``"alexnet_zf"`` or a torchvision
+            classification builder name such as ``"resnet18"``.
+        num_classes: number of classes.
+        width: channel multiplier (zflight's networks only).
+        image_size: input size (zflight's networks only; torchvision models adapt by pooling).
+        dropout: dropout of the fully connected layers (zflight's networks only).
+        init: weight initialization of zflight's networks.
+        weights: torchvision weights name (e.g. ``"IMAGENET1K_V1"``); ``None`` for random weights.
+            Pretrained weights are downloaded by torchvision and need a network.
+
+    Returns:
+        The model.
+
+    Raises:
+        ValueError: unknown ``arch`` (the message lists close names).
+
+    Example:
+        >>> build_model("resnet18", num_classes=10).fc.out_features
+        10
+    """
+    if arch in _ZF_ARCHS or arch == "zfnet_b":
+        if weights is not None:
+            raise ValueError(f"weights={weights!r}: zflight's {arch} has no pretrained weights")
+        kwargs = dict(num_classes=num_classes, width=width, image_size=image_size)
+        kwargs.update(dropout=dropout, init=init)
+        if arch == "zfnet_b":
+            return zfnet(wide=True, **kwargs)
+        return _ZF_ARCHS[arch](**kwargs)
+
+    import difflib
+
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if arch not in available:
+        names = sorted([*_ZF_ARCHS, "zfnet_b", *available])
+        close = difflib.get_close_matches(arch, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"arch={arch!r} is not zfnet, zfnet_b, alexnet_zf or a torchvision classification "
+            f"model{hint}"
+        )
+    kwargs = {}
+    if weights is None:
+        kwargs["num_classes"] = num_classes
+    model = torchvision.models.get_model(arch, weights=weights, **kwargs)
+    if weights is not None and num_classes != 1000:
+        raise ValueError(
+            f"weights={weights!r} come with 1000 classes; num_classes={num_classes} needs "
+            "weights=None (or replace the head yourself)"
+        )
+    return model
+
+
+@torch.no_grad()
+def renormalize_filters(model: nn.Module, radius: float = 0.1) -> int:
+    """Rescale every conv filter whose RMS exceeds ``radius`` to RMS ``radius`` (in place).
+
+    The paper applies this after each update: "crucial, especially in the first layer". A
+    filter is one output channel's weights (``in_channels/groups × kH × kW``); biases are left
+    alone.
+
+    Args:
+        model: any module; all of its ``nn.Conv2d`` layers are renormalized.
+        radius: the largest RMS a filter may have.
+
+    Returns:
+        How many filters were rescaled.
+
+    Example:
+        >>> m = nn.Conv2d(3, 4, 3); _ = m.weight.data.fill_(1.0)
+        >>> renormalize_filters(m, radius=0.1)
+        4
+    """
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    rescaled = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            w = m.weight
+            rms = w.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+            scale = (radius / rms).clamp(max=1.0)
+            rescaled += int((rms > radius).sum())
+            w.mul_(scale)
+    return rescaled
