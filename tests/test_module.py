@@ -1,0 +1,105 @@
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from torch.utils.data import DataLoader, TensorDataset
+
+from zflight.module import ImageClassifier
+
+
+def _loader(n: int = 16, size: int = 64, classes: int = 10, crops: int | None = None) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    shape = (n, crops, 3, size, size) if crops else (n, 3, size, size)
+    x = torch.randn(shape, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def _trainer(tmp_path, **kwargs) -> Trainer:
+    defaults = dict(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return Trainer(**{**defaults, **kwargs})
+
+
+def _small(**kwargs) -> ImageClassifier:
+    return ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64, **kwargs)
+
+
+def test_filter_renormalization_runs_after_every_optimizer_step(tmp_path):
+    seed_everything(0)
+    module = _small(filter_radius=0.1)
+    with torch.no_grad():
+        module.model.features.conv1.weight.mul_(50.0)  # rms 0.5, well over the radius
+    _trainer(tmp_path, max_steps=1).fit(module, _loader())
+    for m in module.model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            rms = m.weight.detach().pow(2).mean(dim=(1, 2, 3)).sqrt()
+            assert float(rms.max()) <= 0.1 + 1e-6
+
+
+def test_filter_renormalization_can_be_turned_off(tmp_path):
+    seed_everything(0)
+    module = _small(filter_radius=None)
+    with torch.no_grad():
+        module.model.features.conv1.weight.mul_(50.0)
+    _trainer(tmp_path, max_steps=1).fit(module, _loader())
+    rms = module.model.features.conv1.weight.detach().pow(2).mean(dim=(1, 2, 3)).sqrt()
+    assert float(rms.max()) > 0.1
+
+
+def test_default_optimizer_is_the_papers_sgd():
+    optimizer = _small().configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["lr"] == 1e-2 and optimizer.defaults["momentum"] == 0.9
+
+
+def test_scheduler_is_returned_with_its_monitor():
+    module = _small(
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max"),
+        monitor="val/acc1",
+    )
+    config = module.configure_optimizers()
+    assert config["lr_scheduler"]["monitor"] == "val/acc1"
+
+
+def test_validation_logs_micro_top1_and_top5(tmp_path):
+    module = _small()
+    trainer = _trainer(tmp_path)
+    (metrics,) = trainer.validate(module, _loader(), verbose=False)
+    assert set(metrics) == {"val/loss", "val/acc1", "val/acc5"}
+    assert 0.0 <= metrics["val/acc1"] <= metrics["val/acc5"] <= 1.0
+
+
+def test_ten_crop_test_batch_averages_softmax_over_crops():
+    module = _small().eval()
+    crops = torch.randn(2, 10, 3, 64, 64)
+    with torch.no_grad():
+        averaged = module.predict_probs(crops)
+        by_hand = torch.stack([module(c).softmax(1).mean(0) for c in crops])
+    torch.testing.assert_close(averaged, by_hand)
+
+
+def test_test_step_accepts_ten_crop_batches(tmp_path):
+    (metrics,) = _trainer(tmp_path).test(_small(), _loader(crops=10), verbose=False)
+    assert set(metrics) == {"test/loss", "test/acc1", "test/acc5"}
+
+
+def test_predict_probs_rejects_a_3d_batch():
+    with pytest.raises(ValueError, match=r"images must be \[B, 3, H, W\].*got shape \(3, 64, 64\)"):
+        _small().predict_probs(torch.zeros(3, 64, 64))
+
+
+def test_bad_filter_radius_is_named():
+    with pytest.raises(ValueError, match="filter_radius must be > 0"):
+        _small(filter_radius=0.0)
+
+
+def test_any_torchvision_model_trains_with_the_same_module(tmp_path):
+    module = ImageClassifier(arch="resnet18", num_classes=10, image_size=64)
+    _trainer(tmp_path, max_steps=1).fit(module, _loader())
+    assert module.global_step == 1
