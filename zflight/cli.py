@@ -7,6 +7,7 @@ full resolved configuration; ``--help`` lists every option with the docstrings o
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
@@ -16,7 +17,12 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from zflight.module import ImageClassifier
 
-__all__ = ["ZFlightCLI", "main"]
+__all__ = ["ZFlightCLI", "main", "ANALYSIS_COMMANDS"]
+
+# Subcommands that are not Trainer methods: name -> "module:function". Each function takes the
+# remaining arguments (a list of str) and parses them itself; they are imported only when used,
+# so `python -m zflight fit` does not pay for them.
+ANALYSIS_COMMANDS: dict[str, str] = {}
 
 
 class ZFlightCLI(LightningCLI):
@@ -45,6 +51,27 @@ class ZFlightCLI(LightningCLI):
                 "data": {"class_path": "zflight.data.ShapesDataModule"},
             }
         )
+
+    def before_instantiate_classes(self) -> None:
+        # `--ckpt_path last` should continue the run it names: point a version-less
+        # TensorBoardLogger at the newest existing version, so the checkpoint folder that
+        # Lightning searches for last.ckpt (and the TensorBoard run) is that run's, not a new one.
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if config is None or config.get("ckpt_path") != "last":
+            return
+        logger = config.get("trainer.logger")
+        if not (hasattr(logger, "class_path") and logger.class_path.endswith("TensorBoardLogger")):
+            return
+        if logger.init_args.get("version") is not None:
+            return
+        root = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or "")
+        versions = [
+            int(p.name[len("version_") :])
+            for p in root.glob("version_*")
+            if p.name[len("version_") :].isdigit()
+        ]
+        if versions:
+            logger.init_args.version = max(versions)
 
     def instantiate_classes(self) -> None:
         try:
@@ -78,13 +105,21 @@ class ZFlightCLI(LightningCLI):
 def main(args: ArgsType = None) -> Any:
     """Entry point of ``python -m zflight`` and the ``zflight`` script.
 
+    ``fit``, ``validate``, ``test`` and ``predict`` go to :class:`ZFlightCLI`; the analysis
+    subcommands listed in ``ANALYSIS_COMMANDS`` go to their own parsers.
+
     Args:
         args: command-line arguments (``sys.argv[1:]`` when ``None``).
 
     Example:
         >>> main(["fit", "--config", "configs/quickstart.yaml"])  # doctest: +SKIP
     """
-    argv = sys.argv[1:] if args is None else args
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in ANALYSIS_COMMANDS:
+        import importlib
+
+        module_name, function_name = ANALYSIS_COMMANDS[argv[0]].split(":")
+        return getattr(importlib.import_module(module_name), function_name)(argv[1:])
     return ZFlightCLI(
         ImageClassifier,
         LightningDataModule,

@@ -100,15 +100,11 @@ class ImageClassifier(LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores (logits) for a batch of images."""
+        if self.channels_last and x.dim() == 4:
+            # Done here rather than in on_after_batch_transfer, which Lightning warns about when a
+            # data module is used too.
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.channels_last:
-            images, labels = batch
-            if images.dim() == 4:
-                images = images.contiguous(memory_format=torch.channels_last)
-            return images, labels
-        return batch
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
