@@ -4,12 +4,14 @@ Public names, by the way data flows: data → models → LightningModule → cal
 with the attribution tools (plain PyTorch + Captum, no Lightning) beside them.
 """
 
+from zflight.attribution import DeconvNet
 from zflight.data import ImageFolderDataModule, ShapesDataModule, ShapesDataset
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeconvNet",
     "ImageFolderDataModule",
     "ShapesDataModule",
     "ShapesDataset",

@@ -1,0 +1,160 @@
+"""The deconvnet's backward rules, installed for one forward pass by a torch function mode.
+
+:class:`DeconvRules` is a :class:`torch.overrides.TorchFunctionMode`. While it is active, every
+call of a recognized activation (``F.relu``, ``torch.relu``, ``torch.relu_``, ``Tensor.relu``,
+``Tensor.relu_``, and so ``nn.ReLU``, which calls ``F.relu``) is routed through
+:class:`_RectifiedBackward`, an autograd function whose forward *is* the original call (same
+function, same arguments, so the values are bit-identical and in-place calls stay in place) and
+whose backward is ``relu(grad)`` instead of ``grad * (input > 0)``. With
+``normalization="identity"``, ``F.local_response_norm`` (``nn.LocalResponseNorm``) is routed
+through :class:`_IdentityBackward` the same way. Everything else passes through untouched.
+
+Why a mode rather than module hooks: a mode sees every call, whichever way it is written, so
+functional ReLUs, a module called several times, a ReLU whose input is used elsewhere and
+in-place ReLUs all get one autograd node each, placed exactly where the forward op was.
+Module backward hooks see modules only and must rewrite the gradient of the module's input
+tensor, which also carries the gradient of every other use of that tensor.
+
+The mode only exists while the forward runs (``with DeconvRules(...):``); the backward pass
+needs nothing installed, because the rules live in the autograd graph that forward built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["ActivationRule", "Normalization", "DeconvRules", "RELU_FUNCS", "RECTIFIER_FUNCS"]
+
+ActivationRule = Literal["relu", "rectify"]
+Normalization = Literal["gradient", "identity"]
+
+
+def _existing(*candidates: Any) -> frozenset:
+    return frozenset(c for c in candidates if c is not None)
+
+
+# Every way to call a ReLU that reaches Python. F.relu_ is torch.relu_; nn.ReLU calls F.relu.
+RELU_FUNCS: frozenset = _existing(
+    F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_
+)
+
+# Rectifier-like activations: rectified too under activation_rule="rectify". nn.ReLU6 calls
+# F.hardtanh(x, 0, 6), so hardtanh counts only when its lower bound is 0 (see _is_rectifier).
+RECTIFIER_FUNCS: frozenset = _existing(
+    F.relu6,
+    F.hardtanh,
+    F.leaky_relu,
+    getattr(F, "leaky_relu_", None),
+    F.silu,
+    F.gelu,
+    F.hardswish,
+    F.elu,
+    getattr(F, "elu_", None),
+    F.celu,
+    F.selu,
+    F.mish,
+)
+
+NORMALIZATION_FUNCS: frozenset = _existing(F.local_response_norm)
+
+
+class _RectifiedBackward(torch.autograd.Function):
+    """Forward: the original activation call. Backward: ``relu(grad)``, whatever the input was."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, call: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        out = call(x)
+        if out is x:
+            # The activation ran in place: tell autograd, so the version counter and any view
+            # of x are rebased onto this node exactly as for a built-in in-place op.
+            ctx.mark_dirty(x)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return torch.relu(grad), None
+
+
+class _IdentityBackward(torch.autograd.Function):
+    """Forward: the original normalization call. Backward: the signal passes unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, call: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        out = call(x)
+        if out is x:
+            ctx.mark_dirty(x)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def _split_input(args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+    """Separate the activation's input tensor from its other arguments."""
+    if args:
+        return args[0], args[1:], kwargs
+    for key in ("input", "self"):
+        if key in kwargs:
+            rest = dict(kwargs)
+            return rest.pop(key), (), rest
+    return None, args, kwargs
+
+
+def _is_rectifier(func: Callable, rest: tuple, kwargs: dict) -> bool:
+    if func is F.hardtanh:
+        # hardtanh(x, 0, m) is a clipped ReLU (ReLU6 for m = 6); other bounds are not rectifiers.
+        min_val = kwargs.get("min_val", rest[0] if rest else -1.0)
+        return min_val == 0
+    return True
+
+
+class DeconvRules(TorchFunctionMode):
+    """While active, activations and normalizations get the deconvnet's backward rules.
+
+    Args:
+        activation_rule: ``"relu"`` rectifies the signal at ReLUs only; ``"rectify"`` also at
+            ReLU6 (and ``hardtanh(x, 0, m)``), LeakyReLU, SiLU, GELU, Hardswish, ELU, CELU,
+            SELU and Mish.
+        normalization: ``"gradient"`` differentiates local response normalization as usual;
+            ``"identity"`` passes the signal through it unchanged.
+
+    Example:
+        >>> x = torch.randn(4, requires_grad=True)
+        >>> with DeconvRules("relu", "gradient"):
+        ...     y = torch.relu(x)
+        >>> torch.autograd.grad(y, x, torch.tensor([1.0, -1.0, 2.0, -2.0]))[0]
+        tensor([1., 0., 2., 0.])
+    """
+
+    def __init__(self, activation_rule: ActivationRule, normalization: Normalization) -> None:
+        super().__init__()
+        rectified = set(RELU_FUNCS)
+        if activation_rule == "rectify":
+            rectified |= RECTIFIER_FUNCS
+        self._rectified = frozenset(rectified)
+        self._identity = NORMALIZATION_FUNCS if normalization == "identity" else frozenset()
+
+    def __torch_function__(
+        self,
+        func: Callable,
+        types: Any,
+        args: tuple = (),
+        kwargs: dict | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        # The mode is popped while this handler runs, so calls made from here (the original
+        # activation inside the autograd function included) are not intercepted again.
+        if func in self._rectified or func in self._identity:
+            x, rest, other = _split_input(args, kwargs)
+            if isinstance(x, torch.Tensor) and (
+                func in self._identity or _is_rectifier(func, rest, other)
+            ):
+                rule = _IdentityBackward if func in self._identity else _RectifiedBackward
+                return rule.apply(x, lambda t: func(t, *rest, **other))
+        return func(*args, **kwargs)
