@@ -114,3 +114,22 @@ def test_build_model_builds_torchvision_models_by_name():
 def test_build_model_rejects_bad_arguments_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model(**kwargs)
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_fast_local_response_norm_equals_pytorchs(size):
+    from zflight.models import LocalResponseNorm
+
+    x = torch.randn(3, 11, 4, 5, dtype=torch.float64, requires_grad=True)
+    ours = LocalResponseNorm(size, alpha=0.05, beta=0.75, k=2.0)(x)
+    ref = nn.functional.local_response_norm(x, size, alpha=0.05, beta=0.75, k=2.0)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_zfnet_normalization_layers_are_local_response_norms():
+    model = zfnet()
+    assert isinstance(model.features.norm1, nn.LocalResponseNorm)
+    assert (model.features.norm1.size, model.features.norm1.alpha) == (5, 5e-4)

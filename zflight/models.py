@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "LocalResponseNorm",
     "ZFNet",
     "zfnet",
     "alexnet_zf",
@@ -27,11 +28,32 @@ __all__ = [
 Init = Literal["paper", "kaiming"]
 
 
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """``nn.LocalResponseNorm`` with the same result, computed faster on 4-D inputs.
+
+    PyTorch's implementation sums squares over the channel window with a 3-D average pooling,
+    which on the CPU costs more than the convolution before it; a cumulative sum over the channel
+    axis gives the same window sums (to float rounding) in a fraction of the time. It stays an
+    ``nn.LocalResponseNorm``, so code that treats normalization layers specially still finds it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        half = self.size // 2
+        # Zero channels before and after, as PyTorch pads: window of channel c is
+        # [c - size//2, c + (size-1)//2].
+        squares = nn.functional.pad(x * x, (0, 0, 0, 0, half + 1, (self.size - 1) // 2))
+        cumulative = squares.cumsum(dim=1)
+        window = cumulative[:, self.size :] - cumulative[:, : -self.size]
+        return x * (window.mul(self.alpha / self.size).add(self.k)).pow(-self.beta)
+
+
 def _lrn() -> nn.LocalResponseNorm:
     # The paper's "contrast normalization across feature maps" has no constants; we read it as
     # AlexNet's LRN: n=5, alpha=1e-4, beta=0.75, k=2. AlexNet's alpha multiplies the plain sum of
     # squares, while PyTorch's LocalResponseNorm divides alpha by n, hence alpha = 1e-4 * 5.
-    return nn.LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0)
+    return LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0)
 
 
 def _scaled(channels: int, width: float) -> int:
