@@ -5,6 +5,7 @@ with the attribution tools (plain PyTorch + Captum, no Lightning) beside them.
 """
 
 from zflight.attribution import DeconvNet
+from zflight.attribution import ReceptiveField, TopActivations, receptive_field, top_activations
 from zflight.data import ImageFolderDataModule, ShapesDataModule, ShapesDataset
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
 
@@ -20,4 +21,8 @@ __all__ = [
     "build_model",
     "renormalize_filters",
     "zfnet",
+    "ReceptiveField",
+    "TopActivations",
+    "receptive_field",
+    "top_activations",
 ]
