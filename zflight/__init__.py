@@ -5,6 +5,7 @@ with the attribution tools (plain PyTorch + Captum, no Lightning) beside them.
 """
 
 from zflight.attribution import DeconvNet
+from zflight.attribution import OcclusionMaps, occlusion_maps
 from zflight.attribution import ReceptiveField, TopActivations, receptive_field, top_activations
 from zflight.data import ImageFolderDataModule, ShapesDataModule, ShapesDataset
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
@@ -14,11 +15,13 @@ __version__ = "0.1.0"
 __all__ = [
     "DeconvNet",
     "ImageFolderDataModule",
+    "OcclusionMaps",
     "ShapesDataModule",
     "ShapesDataset",
     "ZFNet",
     "alexnet_zf",
     "build_model",
+    "occlusion_maps",
     "renormalize_filters",
     "zfnet",
     "ReceptiveField",

@@ -2,8 +2,10 @@
 
 from zflight.attribution._layers import LayerNotReachedError, forward_to, resolve_layer
 from zflight.attribution.deconvnet import DeconvNet
+from zflight.attribution.occlusion import OcclusionMaps, occlusion_maps
 from zflight.attribution.receptive_field import ReceptiveField, receptive_field
 from zflight.attribution.topk import TopActivations, top_activation_crops, top_activations
 
 __all__ = ["DeconvNet", "LayerNotReachedError", "forward_to", "resolve_layer",
-           "ReceptiveField", "receptive_field", "TopActivations", "top_activation_crops", "top_activations"]
+           "ReceptiveField", "receptive_field", "TopActivations", "top_activation_crops", "top_activations",
+           "OcclusionMaps", "occlusion_maps"]
