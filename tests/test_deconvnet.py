@@ -183,7 +183,9 @@ def test_project_equals_literal_unpool_rectify_filter_chain_on_zf_networks(
 
 
 @pytest.mark.parametrize("mode", ["max", "map"])
-@pytest.mark.parametrize(("layer", "channels"), [("features.10", [7, 200]), ("features.12", [0, 99])])
+@pytest.mark.parametrize(
+    ("layer", "channels"), [("features.10", [7, 200]), ("features.12", [0, 99])]
+)
 def test_project_equals_literal_chain_on_torchvision_alexnet_features(
     tv_alexnet, layer, channels, mode
 ):
@@ -504,12 +506,17 @@ def test_inplace_relu_module_keeps_inplace_forward_and_gets_the_rule():
 
 
 def test_forward_values_are_bit_identical_under_the_rules(tv_googlenet):
-    from zflight.attribution._deconv_rules import DeconvRules
+    from zflight.attribution._deconv_rules import deconv_rules
 
-    for model, x in [(InplaceRelu(), torch.randn(4, 6, dtype=DTYPE)), (tv_googlenet, images(1, 32))]:
+    cases = [
+        (InplaceRelu(), torch.randn(4, 6, dtype=DTYPE)),
+        (tv_googlenet, images(1, 32)),
+        (small_zfnet(), images(2, 64)),  # LRN modules: hooked under normalization="identity"
+    ]
+    for model, x in cases:
         with torch.no_grad():
             plain = model(x)
-        with torch.no_grad(), DeconvRules("rectify", "identity"):
+        with torch.no_grad(), deconv_rules(model, "rectify", "identity"):
             ruled = model(x)
         assert torch.equal(plain, ruled)
 
@@ -551,6 +558,37 @@ def test_hardtanh_with_nonzero_lower_bound_is_not_a_rectifier():
     x = torch.randn(4, 6, dtype=DTYPE)
     got = DeconvNet(model, activation_rule="rectify").attribute(x, target=0)
     assert torch.allclose(got, plain_gradient(model, x, 0), rtol=1e-12, atol=0)
+
+
+class _OwnLRN(nn.LocalResponseNorm):
+    """An LRN subclass computing its forward without F.local_response_norm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squares = F.avg_pool3d(F.pad((x * x).unsqueeze(1), (0, 0, 0, 0, 1, 1)), (3, 1, 1), 1)
+        return x * (self.k + self.alpha * squares.squeeze(1)).pow(-self.beta)
+
+
+class _FunctionalLRN(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.local_response_norm(x, 3, alpha=0.5, beta=0.75, k=1.0)
+
+
+@pytest.mark.parametrize(
+    "lrn",
+    [nn.LocalResponseNorm(3, alpha=0.5), _OwnLRN(3, alpha=0.5), _FunctionalLRN()],
+    ids=["module", "subclass-own-forward", "functional"],
+)
+def test_normalization_identity_passes_the_signal_through_lrn(lrn):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 2, 1, dtype=DTYPE)
+    with_lrn = nn.Sequential(lrn, conv, nn.Flatten())
+    without = nn.Sequential(conv, nn.Flatten())
+    x = torch.randn(2, 4, 2, 2, dtype=DTYPE)
+    got = DeconvNet(with_lrn, normalization="identity").attribute(x, target=3)
+    assert rel_err(got, plain_gradient(without, x, 3)) < 1e-12
+    through = DeconvNet(with_lrn, normalization="gradient").attribute(x, target=3)
+    assert rel_err(through, plain_gradient(with_lrn, x, 3)) < 1e-12
+    assert rel_err(through, got) > 1e-3
 
 
 def test_normalization_identity_differs_from_gradient_only_through_lrn():
@@ -604,6 +642,7 @@ def _sequential_with_boom() -> nn.Sequential:
         OrderedDict(
             conv=nn.Conv2d(3, 4, 3, dtype=DTYPE),
             relu=nn.ReLU(),
+            norm=nn.LocalResponseNorm(3),
             boom=Boom(),
             head=nn.Conv2d(4, 4, 1, dtype=DTYPE),
         )
@@ -682,15 +721,16 @@ def _mixed_model() -> nn.Sequential:
 @pytest.mark.parametrize(
     "call",
     [
-        lambda dn, x: dn.project(x, layer="relu", channels=0),
-        lambda dn, x: dn.attribute(x, layer="conv", neuron_selector=(0, 1, 1)),
+        lambda dn, x: dn.project(x, layer="norm", channels=0),
+        lambda dn, x: dn.attribute(x, layer="norm", neuron_selector=(0, 1, 1)),
     ],
     ids=["project", "attribute-layer"],
 )
-def test_model_is_left_clean_after_success(call):
+@pytest.mark.parametrize("normalization", ["gradient", "identity"])
+def test_model_is_left_clean_after_success(call, normalization):
     model = _mixed_model()
     before = _snapshot(model)
-    call(DeconvNet(model), images(2, 8))
+    call(DeconvNet(model, normalization=normalization), images(2, 8))
     _assert_clean(model, before)
 
 
@@ -703,11 +743,12 @@ def test_model_is_left_clean_after_success(call):
     ],
     ids=["project", "attribute-layer", "attribute-target"],
 )
-def test_model_is_left_clean_when_the_forward_raises_midway(call):
+@pytest.mark.parametrize("normalization", ["gradient", "identity"])
+def test_model_is_left_clean_when_the_forward_raises_midway(call, normalization):
     model = _mixed_model()
     before = _snapshot(model)
     with pytest.raises(RuntimeError, match="boom"):
-        call(DeconvNet(model), images(2, 8))
+        call(DeconvNet(model, normalization=normalization), images(2, 8))
     _assert_clean(model, before)
 
 
@@ -759,7 +800,8 @@ def test_unknown_layer_name_suggests_close_names(dn_small):
 
 
 def test_channel_out_of_range_says_the_range(dn_small):
-    with pytest.raises(ValueError, match=r"channels: 32 is out of range.*32 channels \(valid 0\.\.31\)"):
+    message = r"channels: 32 is out of range.*32 channels \(valid 0\.\.31\)"
+    with pytest.raises(ValueError, match=message):
         dn_small.project(images(2, 64), layer="conv5", channels=[0, 32])
 
 

@@ -5,9 +5,15 @@ call of a recognized activation (``F.relu``, ``torch.relu``, ``torch.relu_``, ``
 ``Tensor.relu_``, and so ``nn.ReLU``, which calls ``F.relu``) is routed through
 :class:`_RectifiedBackward`, an autograd function whose forward *is* the original call (same
 function, same arguments, so the values are bit-identical and in-place calls stay in place) and
-whose backward is ``relu(grad)`` instead of ``grad * (input > 0)``. With
-``normalization="identity"``, ``F.local_response_norm`` (``nn.LocalResponseNorm``) is routed
-through :class:`_IdentityBackward` the same way. Everything else passes through untouched.
+whose backward is ``relu(grad)`` instead of ``grad * (input > 0)``. Everything else passes
+through untouched.
+
+With ``normalization="identity"``, local response normalization passes the signal unchanged:
+``F.local_response_norm`` calls are routed through :class:`_IdentityBackward` by the mode, and
+``nn.LocalResponseNorm`` / ``nn.CrossMapLRN2d`` modules get a forward hook for the call (their
+forward may be reimplemented without ``F.local_response_norm``, as zflight's own is) that
+replaces the output by a copy of the same values whose backward hands the signal to the input.
+:func:`deconv_rules` installs both and removes both in ``finally``.
 
 Why a mode rather than module hooks: a mode sees every call, whichever way it is written, so
 functional ReLUs, a module called several times, a ReLU whose input is used elsewhere and
@@ -21,14 +27,23 @@ needs nothing installed, because the rules live in the autograd graph that forwa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ActivationRule", "Normalization", "DeconvRules", "RELU_FUNCS", "RECTIFIER_FUNCS"]
+__all__ = [
+    "ActivationRule",
+    "Normalization",
+    "DeconvRules",
+    "deconv_rules",
+    "RELU_FUNCS",
+    "RECTIFIER_FUNCS",
+]
 
 ActivationRule = Literal["relu", "rectify"]
 Normalization = Literal["gradient", "identity"]
@@ -61,6 +76,7 @@ RECTIFIER_FUNCS: frozenset = _existing(
 )
 
 NORMALIZATION_FUNCS: frozenset = _existing(F.local_response_norm)
+NORMALIZATION_MODULES: tuple[type[nn.Module], ...] = (nn.LocalResponseNorm, nn.CrossMapLRN2d)
 
 
 class _RectifiedBackward(torch.autograd.Function):
@@ -93,6 +109,27 @@ class _IdentityBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
+
+
+class _PassSignalTo(torch.autograd.Function):
+    """Forward: a copy of ``value``. Backward: the signal goes to ``through``, unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, through: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        # A copy, not ``value`` itself: a custom function returning its input as-is would alias
+        # it, and later in-place ops on the output would then be refused.
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def _identity_backward_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+    if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
+        if args[0].shape == output.shape:
+            return _PassSignalTo.apply(args[0], output.detach())
+    return None
 
 
 def _split_input(args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
@@ -158,3 +195,36 @@ class DeconvRules(TorchFunctionMode):
                 rule = _IdentityBackward if func in self._identity else _RectifiedBackward
                 return rule.apply(x, lambda t: func(t, *rest, **other))
         return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def deconv_rules(
+    model: nn.Module, activation_rule: ActivationRule, normalization: Normalization
+) -> Iterator[None]:
+    """Install the deconvnet's rules on ``model`` for the block; remove them on exit.
+
+    Args:
+        model: the model whose forward pass runs in the block.
+        activation_rule: see :class:`DeconvRules`.
+        normalization: see :class:`DeconvRules`; ``"identity"`` also hooks the model's local
+            response normalization modules for the block.
+
+    Example:
+        >>> lrn = nn.LocalResponseNorm(2)
+        >>> x = torch.rand(1, 4, 2, 2, requires_grad=True)
+        >>> with deconv_rules(lrn, "relu", "identity"):
+        ...     y = lrn(x)
+        >>> bool((torch.autograd.grad(y.sum(), x)[0] == 1).all())
+        True
+    """
+    handles = []
+    try:
+        if normalization == "identity":
+            for module in model.modules():
+                if isinstance(module, NORMALIZATION_MODULES):
+                    handles.append(module.register_forward_hook(_identity_backward_hook))
+        with DeconvRules(activation_rule, normalization):
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()

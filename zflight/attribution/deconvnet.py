@@ -19,7 +19,8 @@ calls), ``F.relu``, ``torch.relu``, ``Tensor.relu`` and their in-place forms —
 inside an autograd function whose forward is the very same call (bit-identical values; in-place
 calls stay in place and are marked dirty for autograd) and whose backward is ``relu(grad)``. The
 mode is exited in ``finally`` as soon as the forward returns; the backward pass only follows the
-graph that forward built. No hooks are put on the model, no parameter or flag is touched.
+graph that forward built. No parameter or flag is touched; the only hooks ever registered are
+those of ``normalization="identity"`` (below), for the forward pass only.
 
 Other activations (``activation_rule``):
 
@@ -33,11 +34,12 @@ Other activations (``activation_rule``):
 Normalization (``normalization``): the paper does not say how the deconvnet crosses its contrast
 normalization layers.
 
-- ``"gradient"`` (default): ``nn.LocalResponseNorm`` / ``F.local_response_norm`` is
-  differentiated as usual, as Captum does.
+- ``"gradient"`` (default): local response normalization (``nn.LocalResponseNorm``,
+  ``nn.CrossMapLRN2d``, ``F.local_response_norm``) is differentiated as usual, as Captum does.
 - ``"identity"``: the signal passes through it unchanged, as if the layer were not there going
-  down (its forward is still run). This is the reading under which the deconvnet is literally
-  "unpool, rectify, filter" and nothing else.
+  down (its forward is still run). The modules are found by type (a temporary forward hook,
+  removed in ``finally``), so subclasses with their own forward count too. Under this reading
+  the deconvnet is literally "unpool, rectify, filter" and nothing else.
 
 Batch normalization and every other layer are always differentiated as usual. The model runs in
 whatever mode it is in: call ``model.eval()`` first (training-mode batch norm mixes the samples
@@ -46,6 +48,7 @@ of a batch and updates its running statistics; dropout is random).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Union, get_args
 
@@ -56,7 +59,7 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import nn
 
-from zflight.attribution._deconv_rules import ActivationRule, DeconvRules, Normalization
+from zflight.attribution._deconv_rules import ActivationRule, Normalization, deconv_rules
 from zflight.attribution._layers import LayerNotReachedError, forward_to, resolve_layer
 
 __all__ = ["DeconvNet"]
@@ -120,8 +123,8 @@ class DeconvNet(GradientAttribution):
         self.activation_rule: ActivationRule = activation_rule
         self.normalization: Normalization = normalization
 
-    def _rules(self) -> DeconvRules:
-        return DeconvRules(self.activation_rule, self.normalization)
+    def _rules(self) -> contextlib.AbstractContextManager[None]:
+        return deconv_rules(self.model, self.activation_rule, self.normalization)
 
     @log_usage()
     def attribute(
@@ -165,7 +168,7 @@ class DeconvNet(GradientAttribution):
             >>> x = torch.randn(2, 3, 64, 64)
             >>> dn.attribute(x, target=[1, 7]).shape
             torch.Size([2, 3, 64, 64])
-            >>> dn.attribute(x, layer="conv5", neuron_selector=(3, 4, 4)).shape
+            >>> dn.attribute(x, layer="conv5", neuron_selector=(3, 1, 1)).shape
             torch.Size([2, 3, 64, 64])
         """
         is_tuple = isinstance(inputs, tuple)
