@@ -250,3 +250,206 @@ def test_layer_never_reached_and_bad_images_are_value_errors(model, images):
         occlusion_maps(model, images[0], 0, size=8, stride=8)
     with pytest.raises(ValueError, match="images"):
         occlusion_maps(model, images.to(torch.uint8), 0, size=8, stride=8)
+
+
+# ------------------------------------------------------------------------------------ figure
+def test_figure_has_five_panels_per_image_and_renders(model):
+    from zflight.analyses.occlusion_figure import (
+        figure_to_tensor,
+        occlusion_analysis,
+        occlusion_figure,
+        occlusion_record,
+    )
+    from zflight.data import ShapesDataset
+
+    ds = ShapesDataset(4, image_size=64, seed=0)
+    x = torch.stack([ds[i][0] for i in range(2)])
+    maps, proj = occlusion_analysis(model, x, [ds[0][1], ds[1][1]], size=16, stride=16)
+    assert maps.layer == "features.relu5" and proj.shape == x.shape
+    fig = occlusion_figure(ds.denormalize(x), maps, proj, class_names=ds.classes)
+    assert len(fig.axes) >= 10  # 2 rows × 5 panels (+ colorbars)
+    image = figure_to_tensor(fig)
+    assert image.shape[0] == 3 and 0.0 <= float(image.min()) <= float(image.max()) <= 1.0
+    record = occlusion_record(maps, 1, class_names=ds.classes, index=1)
+    assert record["target_name"] == ds.classes[ds[1][1]] and record["index"] == 1
+    assert len(record["prob"]) == 4 and len(record["activation"][0]) == 4
+    assert record["lowest_prob"] == min(min(row) for row in record["prob"])
+
+
+# --------------------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from zflight.module import ImageClassifier
+
+    torch.manual_seed(0)
+    module = ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64, init="kaiming")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save(
+        {
+            "hyper_parameters": {**dict(module.hparams), "_instantiator": "x"},
+            "state_dict": module.state_dict(),
+            "datamodule_hyper_parameters": {
+                "_class_path": "zflight.data.ShapesDataModule", "image_size": 64,
+                "train_size": 10, "val_size": 10, "test_size": 10,
+            },
+        },
+        path,
+    )
+    return path
+
+
+def test_cli_writes_pngs_and_json(checkpoint, tmp_path, capsys):
+    import json
+
+    from zflight.cli import main
+
+    out = tmp_path / "occ"
+    main(["occlusion", "--ckpt_path", str(checkpoint), "--out", str(out), "--indices", "0", "3",
+          "--size", "16", "--stride", "16", "--layer", "conv5"])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["occlusion.json", "occlusion.png", "occlusion_val0.png", "occlusion_val3.png"]
+    doc = json.loads((out / "occlusion.json").read_text())
+    assert doc["layer"] == "features.conv5" and doc["size"] == 16 and doc["stride"] == 16
+    assert [r["index"] for r in doc["images"]] == [0, 3]
+    assert len(doc["images"][0]["prob"]) == 4 and "channel" in doc["images"][0]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_on_image_files_with_targets(checkpoint, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from zflight.analyses.occlusion_cli import main
+
+    Image.new("RGB", (80, 70), (200, 30, 30)).save(tmp_path / "red.png")
+    out = tmp_path / "occ"
+    main(["--ckpt_path", str(checkpoint), "--out", str(out), "--images", str(tmp_path / "red.png"),
+          "--targets", "ring", "--size", "32", "--stride", "32"])
+    doc = json.loads((out / "occlusion.json").read_text())
+    assert doc["images"][0]["target_name"] == "ring" and doc["image_size"] == [64, 64]
+    assert (out / "occlusion_0_red.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--images", "missing.png"], "--images: no such file"),
+        (["--images", "{bad}"], "--images: cannot read image file"),
+        (["--indices", "0", "--layer", "conv9"], "--layer"),
+        (["--indices", "0", "--size", "65"], "--size"),
+        (["--indices", "0", "--stride", "0"], "--stride"),
+        (["--indices", "99"], "--indices"),
+    ],
+)
+def test_cli_bad_input_is_one_error_line_and_leaves_no_output(checkpoint, tmp_path, capsys, extra, message):
+    from zflight.analyses.occlusion_cli import main
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    extra = [str(bad) if a == "{bad}" else (str(tmp_path / a) if a == "missing.png" else a) for a in extra]
+    out = tmp_path / "occ"
+    with pytest.raises(SystemExit) as exc:
+        main(["--ckpt_path", str(checkpoint), "--out", str(out), *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png"]
+
+
+def test_cli_missing_checkpoint_and_existing_out(checkpoint, tmp_path, capsys):
+    from zflight.analyses.occlusion_cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--ckpt_path", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")])
+    assert "--ckpt_path: no such file" in capsys.readouterr().err
+    (tmp_path / "o").mkdir()
+    with pytest.raises(SystemExit):
+        main(["--ckpt_path", str(checkpoint), "--out", str(tmp_path / "o")])
+    assert "--out" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- callback
+def test_callback_logs_tag_and_png_and_restores_train_mode(tmp_path):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from zflight.callbacks.occlusion import OcclusionFigures
+    from zflight.data import ShapesDataModule
+    from zflight.module import ImageClassifier
+
+    logged: list[tuple[str, int]] = []
+
+    class Spy(OcclusionFigures):
+        def on_validation_end(self, trainer, pl_module):
+            pl_module.model.features.train()  # a mixed state, which must come back as it was
+            before = [m.training for m in pl_module.modules()]
+            super().on_validation_end(trainer, pl_module)
+            assert [m.training for m in pl_module.modules()] == before
+
+    torch.manual_seed(0)
+    module = ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64, init="kaiming")
+    dm = ShapesDataModule(image_size=64, train_size=8, val_size=4, test_size=4, batch_size=4)
+    logger = TensorBoardLogger(tmp_path, name="run")
+    original = logger.experiment.add_image
+    logger.experiment.add_image = lambda tag, img, step, **kw: (logged.append((tag, step)), original(tag, img, step, **kw))
+    trainer = Trainer(
+        max_epochs=2, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=1,
+        logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, log_every_n_steps=1,
+        callbacks=[Spy(every_n_epochs=2, indices=[1, 2], size=32, stride=32, layer="conv5")],
+    )
+    trainer.fit(module, datamodule=dm)
+    assert logged == [("occlusion/1", 2), ("occlusion/2", 2)]  # epoch 2 only, not the sanity check
+    figures = sorted(p.name for p in (tmp_path / "run" / "version_0" / "figures").iterdir())
+    assert figures == ["occlusion_1_epoch002.png", "occlusion_2_epoch002.png"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"every_n_epochs": 0}, "every_n_epochs"), ({"indices": []}, "indices"),
+     ({"size": 0}, "size"), ({"stride": -1}, "stride"), ({"indices": [-1]}, "indices")],
+)
+def test_callback_rejects_bad_arguments(kwargs, name):
+    from zflight.callbacks.occlusion import OcclusionFigures
+
+    with pytest.raises(ValueError, match=name):
+        OcclusionFigures(**kwargs)
+
+
+# ------------------------------------------------------------------------------ object boxes
+def _box_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "occlusion_box.py"
+    spec = importlib.util.spec_from_file_location("occlusion_box", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_object_box_criteria():
+    object_hits = _box_benchmark().object_hits
+    # 1 image 20×20, square 4, stride 4: grid 5×5. Lowest probability at (r, c) = (1, 2):
+    # the square covers x 8..11, y 4..7, center (10, 6).
+    prob = torch.ones(1, 5, 5)
+    prob[0, 1, 2] = 0.1
+    maps = OcclusionMaps(
+        prob=prob, label=torch.zeros(1, 5, 5, dtype=torch.int64), activation=None, channel=None,
+        targets=torch.zeros(1, dtype=torch.int64), base_prob=torch.ones(1),
+        base_label=torch.zeros(1, dtype=torch.int64), base_activation=None, size=4, stride=4,
+        image_size=(20, 20), layer=None,
+    )
+    for box, overlap, center in [
+        ((11, 7, 15, 15), True, False),   # shares pixel (11, 7) only
+        ((12, 4, 16, 8), False, False),   # touches the square's right edge: no shared pixel
+        ((10, 6, 11, 7), True, True),     # a 1-pixel box at the center
+        ((0, 0, 10, 6), True, False),     # ends just before the center (exclusive)
+    ]:
+        hits = object_hits(maps, torch.tensor([box]))
+        assert bool(hits["overlap"][0]) is overlap and bool(hits["center"][0]) is center, box
+        assert abs(float(hits["drop"][0]) - 0.9) < 1e-6
+    hits = object_hits(maps, torch.tensor([(0, 0, 20, 20)]))
+    assert float(hits["chance_overlap"][0]) == 1.0 == float(hits["chance_center"][0])

@@ -20,7 +20,7 @@ that the square changes) can take over.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -89,6 +89,34 @@ class OcclusionMaps:
     def cols(self) -> torch.Tensor:
         """``[cols]`` left pixel column of the square at each map column."""
         return torch.arange(self.grid[1]) * self.stride
+
+    def subset(self, index: int | slice | Sequence[int] | torch.Tensor) -> OcclusionMaps:
+        """Return the maps of some of the images (an int keeps the image dimension).
+
+        Example:
+            >>> maps.subset(0).prob.shape  # doctest: +SKIP
+            torch.Size([1, 7, 7])
+        """
+        if isinstance(index, int) and not isinstance(index, bool):
+            index = slice(index, index + 1 if index != -1 else None)
+        if not isinstance(index, slice):
+            index = torch.as_tensor(index, dtype=torch.int64)
+        return self._apply(lambda t: t[index])
+
+    def to(self, device: torch.device | str) -> OcclusionMaps:
+        """Return the maps with every tensor on ``device``.
+
+        Example:
+            >>> maps.to("cpu")  # doctest: +SKIP
+        """
+        return self._apply(lambda t: t.to(device))
+
+    def _apply(self, fn: Any) -> OcclusionMaps:
+        values = {
+            name: fn(v) if isinstance(v, torch.Tensor) else v
+            for name, v in ((f.name, getattr(self, f.name)) for f in fields(self))
+        }
+        return OcclusionMaps(**values)
 
     def lowest_prob_position(self) -> torch.Tensor:
         """Return ``[N, 2]`` map indices ``(r, c)`` where the target probability is lowest.

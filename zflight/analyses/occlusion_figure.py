@@ -1,0 +1,360 @@
+"""The paper's Fig. 7 as a picture and as numbers: occlusion maps, the tracked feature map's projection.
+
+:func:`occlusion_analysis` runs the model (``occlusion_maps`` and the deconvnet projection of the
+tracked feature map); :func:`occlusion_figure` draws; :func:`occlusion_record` gives the numbers
+for JSON. The CLI (``python -m zflight occlusion``) and the ``OcclusionFigures`` callback both
+use these three, so a figure made during training and one made from a checkpoint look the same.
+
+One row per image, five panels, as in the paper's Fig. 7 (b)-(e):
+
+1. the image, with the occluder square at the position where the target probability is lowest
+   (dashed) and, in the title, the target class and its unoccluded probability;
+2. the total activation of the tracked feature map as a function of where the square is;
+3. the deconvnet projection of that feature map's strongest activation on the unoccluded image
+   (:meth:`zflight.DeconvNet.project`, shown with :func:`zflight.figures.normalize_projection`);
+4. the probability of the target class as a function of where the square is;
+5. the most probable class as a function of where the square is, one colour per class, with
+   class names.
+
+Every map is drawn in image coordinates: the value of position ``(r, c)`` fills the
+``stride × stride`` cell around the square's center ``(r*stride + size/2, c*stride + size/2)``,
+so a blob in a map lies over the part of the image whose occlusion caused it.
+
+Drawing uses matplotlib's object API with the Agg canvas (no ``pyplot``, no global backend
+switch), so it works headless and in worker threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from zflight.attribution._layers import preserve_modes
+from zflight.attribution.deconvnet import DeconvNet
+from zflight.attribution.occlusion import Fill, OcclusionMaps, occlusion_maps
+
+__all__ = [
+    "default_geometry",
+    "default_layer",
+    "occlusion_analysis",
+    "occlusion_figure",
+    "occlusion_record",
+    "figure_to_tensor",
+    "save_figure",
+]
+
+
+def default_geometry(height: int, width: int) -> tuple[int, int]:
+    """Return the default ``(size, stride)``: a square of a quarter of the image, 13 steps across.
+
+    The paper gives neither. ``size = min(H, W) // 4`` (56 px at 224, 16 px at 64) hides an
+    object part without hiding the object; ``stride = size // 4`` gives a 13 × 13 grid on square
+    images, fine enough to outline a part.
+
+    Example:
+        >>> default_geometry(64, 64)
+        (16, 4)
+    """
+    size = max(1, min(height, width) // 4)
+    return size, max(1, size // 4)
+
+
+def default_layer(model: nn.Module) -> str:
+    """Return the layer whose feature maps are tracked by default: the last conv layer, rectified.
+
+    That is the ReLU right after the last ``nn.Conv2d`` when there is one (zfnet: ``relu5``,
+    the paper's layer-5 feature maps, which are rectified), else the last ``nn.Conv2d`` itself.
+
+    Raises:
+        ValueError: the model has no ``nn.Conv2d``.
+
+    Example:
+        >>> default_layer(zfnet(num_classes=10, width=0.125, image_size=64))  # doctest: +SKIP
+        'features.relu5'
+    """
+    names = [(n, m) for n, m in model.named_modules() if n]
+    last = max((i for i, (_, m) in enumerate(names) if isinstance(m, nn.Conv2d)), default=None)
+    if last is None:
+        raise ValueError(f"layer: {type(model).__name__} has no Conv2d layer; name one with layer=")
+    following = names[last + 1] if last + 1 < len(names) else None
+    if following is not None and isinstance(following[1], nn.ReLU):
+        return following[0]
+    return names[last][0]
+
+
+def occlusion_analysis(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: int | Sequence[int] | torch.Tensor | None,
+    *,
+    size: int,
+    stride: int,
+    layer: str | nn.Module | None = None,
+    fill: Fill = 0.0,
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> tuple[OcclusionMaps, torch.Tensor]:
+    """Return the occlusion maps of ``images`` and the projection of each image's tracked map.
+
+    Args:
+        model: the classifier (logits out).
+        images: ``[N, C, H, W]`` normalized images.
+        targets: class per image (or one for all; ``None``: the predicted class).
+        size: side of the occluder square in pixels.
+        stride: step between square positions in pixels.
+        layer: the layer whose feature maps are tracked; ``None`` is :func:`default_layer`.
+        fill: the square's value in the model's input space (0.0: the data mean).
+        batch_size: occluded images per forward pass.
+        progress: progress bar (see :func:`~zflight.occlusion_maps`).
+
+    Returns:
+        ``(maps, projections)``: the :class:`~zflight.OcclusionMaps` and ``[N, C, H, W]`` the
+        deconvnet projection of the strongest activation of feature map ``maps.channel[n]`` of
+        ``maps.layer`` in unoccluded image ``n`` (``DeconvNet.project(..., mode="max")``).
+
+    Example:
+        >>> model = zfnet(num_classes=10, width=0.125, image_size=64)  # doctest: +SKIP
+        >>> maps, proj = occlusion_analysis(model, torch.randn(2, 3, 64, 64), [1, 2],
+        ...                                 size=16, stride=8)  # doctest: +SKIP
+    """
+    if layer is None:
+        layer = default_layer(model)
+    maps = occlusion_maps(
+        model, images, targets, size=size, stride=stride, fill=fill, layer=layer,
+        batch_size=batch_size, progress=progress,
+    )
+    assert maps.channel is not None and maps.layer is not None  # a layer was given
+    # The deconvnet runs the model as it is: eval mode for it too, flags restored after.
+    with preserve_modes(model, eval_mode=True):
+        projections = DeconvNet(model).project(
+            images, layer=maps.layer, channels=maps.channel, mode="max", batch_size=batch_size
+        )
+    return maps, projections.detach()
+
+
+def occlusion_figure(
+    display: torch.Tensor,
+    maps: OcclusionMaps,
+    projections: torch.Tensor | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    titles: Sequence[str] | None = None,
+) -> Any:
+    """Return a matplotlib ``Figure``: one row of five panels per image (the paper's Fig. 7).
+
+    Args:
+        display: ``[N, 3, H, W]`` (or ``[N, 1, H, W]``) the images for display, in [0, 1].
+        maps: the occlusion maps of those images.
+        projections: ``[N, C, H, W]`` deconvnet projections (from :func:`occlusion_analysis`);
+            ``None`` leaves that panel out (as it does the activation panel without a layer).
+        class_names: names of the classes, for titles and the label map's legend.
+        titles: one line per image shown above its row (e.g. ``"val #3"``).
+
+    Returns:
+        A ``matplotlib.figure.Figure`` on an Agg canvas: save it with :func:`save_figure`.
+
+    Raises:
+        ValueError: the number of images, maps, projections or titles disagree.
+
+    Example:
+        >>> fig = occlusion_figure(display, maps, proj, class_names=ds.classes)  # doctest: +SKIP
+        >>> save_figure(fig, "occlusion.png")  # doctest: +SKIP
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch, Rectangle
+
+    n = maps.prob.shape[0]
+    if display.dim() != 4 or display.shape[0] != n:
+        raise ValueError(f"display must be [N={n}, 3, H, W], got {tuple(display.shape)}")
+    if projections is not None and projections.shape[0] != n:
+        raise ValueError(f"projections must hold {n} images, got {projections.shape[0]}")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"titles must hold {n} strings, got {len(titles)}")
+    panels = ["image"]
+    if maps.activation is not None:
+        panels.append("activation")
+    if projections is not None:
+        panels.append("projection")
+    panels += ["prob", "label"]
+
+    h, w = maps.image_size
+    fig = Figure(figsize=(2.9 * len(panels), 2.9 * n + 0.3), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.asarray(fig.subplots(n, len(panels), squeeze=False))
+    # Each map value is drawn in the stride×stride cell around its square's center.
+    half = maps.size / 2 - maps.stride / 2
+    extent = (
+        half - 0.5,
+        half + maps.grid[1] * maps.stride - 0.5,
+        half + maps.grid[0] * maps.stride - 0.5,
+        half - 0.5,
+    )
+    lowest = maps.lowest_prob_position()
+    name = _namer(class_names)
+    classes_shown = sorted(set(maps.label.unique().tolist()) | set(maps.targets.tolist()))
+    palette = _palette(max(classes_shown) + 1)
+
+    for i in range(n):
+        row = axes[i]
+        image = display[i].detach().float().clamp(0, 1).cpu()
+        target = int(maps.targets[i])
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
+        col = 0
+        ax = row[col]
+        ax.imshow(_hwc(image), interpolation="nearest")
+        x0, y0, x1, y1 = maps.square(*lowest[i].tolist())
+        ax.add_patch(
+            Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.5,
+                      ls="--")
+        )
+        head = f"{titles[i]}: " if titles is not None else ""
+        ax.set_title(f"{head}{name(target)} (p={float(maps.base_prob[i]):.2f})", fontsize=9)
+        col += 1
+        if maps.activation is not None:
+            ax = row[col]
+            im = ax.imshow(maps.activation[i].cpu().numpy(), extent=extent, cmap="jet",
+                           interpolation="nearest")
+            fig.colorbar(im, ax=ax, shrink=0.8)
+            ax.set_title(f"{_short(maps.layer)} map {int(maps.channel[i])}: total", fontsize=9)
+            col += 1
+        if projections is not None:
+            from zflight.figures import normalize_projection
+
+            ax = row[col]
+            shown = normalize_projection(projections[i].detach().cpu())
+            ax.imshow(_hwc(shown), interpolation="nearest")
+            ax.set_title(f"{_short(maps.layer)} map {int(maps.channel[i])}: projection",
+                         fontsize=9)
+            col += 1
+        ax = row[col]
+        im = ax.imshow(maps.prob[i].cpu().numpy(), extent=extent, cmap="jet", vmin=0.0,
+                       vmax=max(1e-6, float(maps.prob[i].max())), interpolation="nearest")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        ax.set_title(f"p({name(target)})", fontsize=9)
+        col += 1
+        ax = row[col]
+        labels = maps.label[i].cpu().numpy()
+        cmap = ListedColormap(palette)
+        norm = BoundaryNorm(np.arange(len(palette) + 1) - 0.5, len(palette))
+        ax.imshow(labels, extent=extent, cmap=cmap, norm=norm, interpolation="nearest")
+        present = sorted(set(labels.ravel().tolist()))
+        handles = [
+            Patch(color=palette[k], label=name(k) + (" *" if k == target else "")) for k in present
+        ]
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                  frameon=False)
+        ax.set_title("most probable class", fontsize=9)
+    return fig
+
+
+def occlusion_record(
+    maps: OcclusionMaps, i: int, *, class_names: Sequence[str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Return the numbers behind row ``i`` of the figure as a JSON-ready dict.
+
+    Keys: ``target`` (+ ``target_name``), ``base_prob``, ``base_label``, ``size``, ``stride``,
+    ``rows`` / ``cols`` (the square's top / left pixel per map row / column), ``prob``,
+    ``label`` (nested lists ``[rows][cols]``), ``lowest_prob`` with its ``position`` and
+    ``square`` ``[x0, y0, x1, y1]`` (exclusive ends), and with a layer ``layer``, ``channel``,
+    ``base_activation``, ``activation``. ``extra`` items are added as they are.
+
+    Example:
+        >>> json.dumps(occlusion_record(maps, 0, index=17))  # doctest: +SKIP
+    """
+    name = _namer(class_names)
+    r, c = maps.lowest_prob_position()[i].tolist()
+    record: dict[str, Any] = dict(extra)
+    record.update(
+        target=int(maps.targets[i]),
+        target_name=name(int(maps.targets[i])),
+        base_prob=float(maps.base_prob[i]),
+        base_label=int(maps.base_label[i]),
+        base_label_name=name(int(maps.base_label[i])),
+        size=maps.size,
+        stride=maps.stride,
+        rows=maps.rows.tolist(),
+        cols=maps.cols.tolist(),
+        prob=maps.prob[i].tolist(),
+        label=maps.label[i].tolist(),
+        lowest_prob=float(maps.prob[i, r, c]),
+        lowest_prob_position=[r, c],
+        lowest_prob_square=list(maps.square(r, c)),
+    )
+    if maps.activation is not None and maps.channel is not None:
+        assert maps.base_activation is not None
+        record.update(
+            layer=maps.layer,
+            channel=int(maps.channel[i]),
+            base_activation=float(maps.base_activation[i]),
+            activation=maps.activation[i].tolist(),
+        )
+    return record
+
+
+def figure_to_tensor(fig: Any) -> torch.Tensor:
+    """Render a figure and return it as a float ``[3, H, W]`` image in [0, 1] (for ``add_image``).
+
+    Example:
+        >>> writer.add_image("occlusion/0", figure_to_tensor(fig), step)  # doctest: +SKIP
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (parent folders created; written then renamed).
+
+    Example:
+        >>> save_figure(fig, "out/occlusion.png")  # doctest: +SKIP
+        PosixPath('out/occlusion.png')
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A reader (TensorBoard, a browser) must never see half a PNG.
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=dpi)
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------ internals
+def _hwc(image: torch.Tensor) -> np.ndarray:
+    if image.shape[0] == 1:
+        return image[0].numpy()
+    return image.permute(1, 2, 0).numpy()
+
+
+def _short(layer: str | None) -> str:
+    return (layer or "").rsplit(".", 1)[-1]
+
+
+def _namer(class_names: Sequence[str] | None) -> Any:
+    def name(k: int) -> str:
+        if class_names is not None and 0 <= k < len(class_names):
+            return str(class_names[k])
+        return f"class {k}"
+
+    return name
+
+
+def _palette(n: int) -> list[tuple[float, float, float, float]]:
+    from matplotlib import colormaps
+
+    base = colormaps["tab10" if n <= 10 else "tab20"]
+    return [base(k % base.N) for k in range(max(n, 1))]
