@@ -7,6 +7,7 @@ with the attribution tools (plain PyTorch + Captum, no Lightning) beside them.
 from zflight.attribution import DeconvNet
 from zflight.attribution import OcclusionMaps, occlusion_maps
 from zflight.attribution import ReceptiveField, TopActivations, receptive_field, top_activations
+from zflight.callbacks import FeatureEvolution, FilterGrid, TopActivationPanels
 from zflight.data import ImageFolderDataModule, ShapesDataModule, ShapesDataset
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
 
@@ -28,4 +29,7 @@ __all__ = [
     "TopActivations",
     "receptive_field",
     "top_activations",
+    "FeatureEvolution",
+    "FilterGrid",
+    "TopActivationPanels",
 ]

@@ -1,0 +1,20 @@
+"""Lightning callbacks that show what the network learns while it trains.
+
+- :class:`FeatureEvolution`: the paper's Fig. 4 (feature maps' strongest projections, epoch
+  after epoch), TensorBoard ``evolution/<layer>``;
+- :class:`TopActivationPanels`: the paper's Fig. 2 (top-9 projections beside their image
+  patches), TensorBoard ``top9/<layer>``;
+- :class:`FilterGrid`: the first layer's filters, TensorBoard ``filters/<layer>``.
+
+PNG copies go to ``<log_dir>/figures/``. In a config::
+
+    trainer:
+      callbacks:
+        - class_path: zflight.callbacks.FeatureEvolution
+          init_args: {layers: [conv1, conv2, conv5], maps: 8}
+"""
+
+from zflight.callbacks.evolution import PAPER_EPOCHS, FeatureEvolution
+from zflight.callbacks.panels import PAPER_LAYERS, FilterGrid, TopActivationPanels
+
+__all__ = ["FeatureEvolution", "TopActivationPanels", "FilterGrid", "PAPER_EPOCHS", "PAPER_LAYERS"]
