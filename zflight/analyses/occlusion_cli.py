@@ -61,8 +61,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         return _run(args)
     except CLIError as err:
-        parser.error(str(err))
-    raise AssertionError("unreachable")  # parser.error exits
+        parser.error(str(err))  # prints usage and one "error:" line, exits with status 2
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Any, Any]:

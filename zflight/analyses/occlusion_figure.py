@@ -14,7 +14,7 @@ One row per image, five panels, as in the paper's Fig. 7 (b)-(e):
    (:meth:`zflight.DeconvNet.project`, shown with :func:`zflight.figures.normalize_projection`);
 4. the probability of the target class as a function of where the square is;
 5. the most probable class as a function of where the square is, one colour per class, with
-   class names.
+   class names in a legend beside it (the target marked).
 
 Every map is drawn in image coordinates: the value of position ``(r, c)`` fills the
 ``stride × stride`` cell around the square's center ``(r*stride + size/2, c*stride + size/2)``,
@@ -186,9 +186,13 @@ def occlusion_figure(
     panels += ["prob", "label"]
 
     h, w = maps.image_size
-    fig = Figure(figsize=(2.9 * len(panels), 2.9 * n + 0.3), layout="constrained")
+    fig = Figure(figsize=(2.9 * len(panels) + 1.3, 2.9 * n + 0.3), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = np.asarray(fig.subplots(n, len(panels), squeeze=False))
+    # A last, narrow column holds the label map's legend: a legend hanging outside an axes
+    # would be cut off by the figure's edge.
+    axes = np.asarray(
+        fig.subplots(n, len(panels) + 1, squeeze=False, width_ratios=[1.0] * len(panels) + [0.45])
+    )
     # Each map value is drawn in the stride×stride cell around its square's center.
     half = maps.size / 2 - maps.stride / 2
     extent = (
@@ -206,7 +210,8 @@ def occlusion_figure(
         row = axes[i]
         image = display[i].detach().float().clamp(0, 1).cpu()
         target = int(maps.targets[i])
-        for ax in row:
+        row[-1].axis("off")
+        for ax in row[:-1]:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlim(-0.5, w - 0.5)
@@ -249,12 +254,12 @@ def occlusion_figure(
         cmap = ListedColormap(palette)
         norm = BoundaryNorm(np.arange(len(palette) + 1) - 0.5, len(palette))
         ax.imshow(labels, extent=extent, cmap=cmap, norm=norm, interpolation="nearest")
-        present = sorted(set(labels.ravel().tolist()))
+        present = sorted(set(labels.ravel().tolist()) | {target})
         handles = [
-            Patch(color=palette[k], label=name(k) + (" *" if k == target else "")) for k in present
+            Patch(color=palette[k], label=name(k) + (" (target)" if k == target else ""))
+            for k in present
         ]
-        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0),
-                  frameon=False)
+        row[-1].legend(handles=handles, fontsize=7, loc="center left", frameon=False)
         ax.set_title("most probable class", fontsize=9)
     return fig
 
