@@ -22,7 +22,9 @@ __all__ = ["ZFlightCLI", "main", "ANALYSIS_COMMANDS"]
 # Subcommands that are not Trainer methods: name -> "module:function". Each function takes the
 # remaining arguments (a list of str) and parses them itself; they are imported only when used,
 # so `python -m zflight fit` does not pay for them.
-ANALYSIS_COMMANDS: dict[str, str] = {}
+ANALYSIS_COMMANDS: dict[str, str] = {
+    "visualize": "zflight.visualize:main",
+}
 
 
 class ZFlightCLI(LightningCLI):
