@@ -7,6 +7,9 @@ with the attribution tools (plain PyTorch + Captum, no Lightning) beside them.
 from zflight.attribution import DeconvNet
 from zflight.attribution import OcclusionMaps, occlusion_maps
 from zflight.attribution import ReceptiveField, TopActivations, receptive_field, top_activations
+from zflight.attribution import InvarianceCurves, invariance_curves
+from zflight.attribution import Correspondence, correspondence
+from zflight.attribution import ArchitectureReport, architecture_report
 from zflight.callbacks import FeatureEvolution, FilterGrid, TopActivationPanels
 from zflight.data import ImageFolderDataModule, ShapesDataModule, ShapesDataset
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
@@ -32,4 +35,10 @@ __all__ = [
     "FeatureEvolution",
     "FilterGrid",
     "TopActivationPanels",
+    "ArchitectureReport",
+    "Correspondence",
+    "InvarianceCurves",
+    "architecture_report",
+    "correspondence",
+    "invariance_curves",
 ]
