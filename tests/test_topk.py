@@ -78,6 +78,19 @@ def test_equals_a_brute_force_loop(model, dataset, layer, channels):
     assert all(len(set(row.tolist())) == top.k for row in top.indices)
 
 
+def test_several_layers_in_one_pass_equal_one_layer_at_a_time(model, dataset):
+    tops = top_activations(model, ["conv4", "conv1"], dataset, k=3, channels={"conv4": [2, 5], "conv1": None},
+                           batch_size=16, progress=False)
+    assert list(tops) == ["conv4", "conv1"]
+    for name, chans in [("conv4", [2, 5]), ("conv1", None)]:
+        alone = top_activations(model, name, dataset, k=3, channels=chans, batch_size=16, progress=False)
+        assert torch.equal(tops[name].indices, alone.indices)
+        assert torch.equal(tops[name].positions, alone.positions)
+        assert torch.equal(tops[name].values, alone.values)
+    with pytest.raises(ValueError, match="channels has no entry"):
+        top_activations(model, ["conv4", "conv1"], dataset, channels={"conv4": [1]}, progress=False)
+
+
 def test_ties_go_to_the_lower_index_and_first_position():
     # Integer weights and inputs make the activations exact, so equal images tie exactly.
     conv = nn.Conv2d(1, 2, 2, bias=False)

@@ -126,10 +126,15 @@ def _run(args: argparse.Namespace) -> Path:
             "ckpt_path": str(args.ckpt_path), "config": str(args.config), "split": args.split,
             "images": len(dataset), "k": args.k, "seed": args.seed, "layers": {},
         }
+        channels = {
+            name: _choose_maps(args.maps, name, _layer_channels(model, name, dataset), args.seed)
+            for name in args.layers
+        }
+        # One pass over the data for all layers.
+        tops = top_activations(model, args.layers, dataset, k=args.k, channels=channels,
+                               batch_size=args.batch_size, progress=True)
         for name in args.layers:
-            channels = _choose_maps(args.maps, name, _layer_channels(model, name, dataset), args.seed)
-            top = top_activations(model, name, dataset, k=args.k, channels=channels,
-                                  batch_size=args.batch_size, progress=True)
+            top = tops[name]
             projections, patches = top_activation_crops(model, top, dataset, tile=args.tile,
                                                         batch_size=args.batch_size)
             panel = top_activation_panel(projections, patches, maps_per_row=args.maps_per_row)

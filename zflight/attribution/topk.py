@@ -58,15 +58,15 @@ class TopActivations:
 
 def top_activations(
     model: nn.Module,
-    layer: str | nn.Module,
+    layer: str | nn.Module | Sequence[str | nn.Module],
     dataset: Dataset,
     k: int = 9,
-    channels: int | Sequence[int] | torch.Tensor | None = None,
+    channels: int | Sequence[int] | torch.Tensor | dict[str, Any] | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
     progress: bool = True,
     device: torch.device | str | None = None,
-) -> TopActivations:
+) -> TopActivations | dict[str, TopActivations]:
     """Return the ``k`` strongest activations of each feature map of ``layer`` over ``dataset``.
 
     Each image counts once per feature map: its strongest activation of that map (the first
@@ -74,9 +74,10 @@ def top_activations(
     different images, as in the paper's Fig. 2. Ties between images go to the lower data set
     index, which makes the result exactly that of a brute-force loop over the images.
 
-    The model runs in ``eval()`` mode without gradients, only as far as ``layer``; every
-    submodule's ``training`` flag is restored afterwards. Memory is bounded by one batch of
-    activations plus the running ``[C, k]`` top-k.
+    The model runs in ``eval()`` mode without gradients, only as far as the deepest requested
+    layer; every submodule's ``training`` flag is restored afterwards. Several layers (a list)
+    share one forward pass per batch. Memory is bounded by one batch of activations plus the
+    running ``[C, k]`` top-k of each layer.
 
     Under ``torch.distributed`` (when a process group is initialized), each rank mines every
     ``world_size``-th image starting at its rank (no padding, no duplicates) and the partial
@@ -84,13 +85,15 @@ def top_activations(
     gets the same result as one process would.
 
     Args:
-        model: any CNN (``nn.Module``) whose ``layer`` outputs ``[N, C, H, W]`` (or ``[N, C]``,
-            counted as a 1×1 map).
-        layer: a submodule of ``model`` or its dotted name (a unique suffix like ``"conv5"``).
+        model: any CNN (``nn.Module``) whose layers output ``[N, C, H, W]`` (or ``[N, C]``,
+            counted as 1×1 maps).
+        layer: a submodule of ``model`` or its dotted name (a unique suffix like ``"conv5"``),
+            or a list of them.
         dataset: a map-style data set; items are ``(image, label, ...)`` tuples or images.
         k: activations per feature map; fewer if the data set has fewer than ``k`` images.
         channels: the feature maps to mine: an int, a sequence of ints, a 1-D tensor, or
-            ``None`` for all channels of the layer.
+            ``None`` for all channels. With a list of layers: a dict from each layer (as given)
+            to its channels, or ``None`` for all channels of every layer.
         batch_size: images per forward pass.
         num_workers: DataLoader worker processes.
         progress: show a tqdm progress bar (on rank 0 only).
@@ -99,7 +102,8 @@ def top_activations(
 
     Returns:
         A :class:`TopActivations` with ``values``, ``indices`` (``[C, k]``), ``positions``
-        (``[C, k, 2]``) and ``channels`` (``[C]``), on the CPU.
+        (``[C, k, 2]``) and ``channels`` (``[C]``), on the CPU; for a list of layers, a dict
+        from each layer (as given) to its result.
 
     Raises:
         ValueError: a bad ``k``, ``batch_size``, ``num_workers``, ``channels`` (out of the
@@ -113,6 +117,9 @@ def top_activations(
         >>> top = top_activations(model, "conv5", ShapesDataset(32), k=9, progress=False)
         >>> top.values.shape, top.positions.shape
         (torch.Size([32, 9]), torch.Size([32, 9, 2]))
+        >>> tops = top_activations(model, ["conv1", "conv5"], ShapesDataset(32), progress=False)
+        >>> sorted(tops)
+        ['conv1', 'conv5']
     """
     _check_positive_int("k", k)
     _check_positive_int("batch_size", batch_size)
@@ -121,72 +128,144 @@ def top_activations(
     n_images = len(dataset)  # type: ignore[arg-type]
     if n_images == 0:
         raise ValueError("dataset is empty: there are no activations to rank")
-    name, module = resolve_layer(model, layer)
+    single = isinstance(layer, (str, nn.Module))
+    layers = [layer] if single else list(layer)  # type: ignore[arg-type]
+    if not layers:
+        raise ValueError("layer is an empty list: name at least one layer")
+    keys = [key if isinstance(key, str) else resolve_layer(model, key)[0] for key in layers]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"layer lists a layer twice: {keys}")
+    if single:
+        per_layer = {keys[0]: channels}
+    elif channels is None:
+        per_layer = {key: None for key in keys}
+    elif isinstance(channels, dict):
+        missing = [key for key in keys if key not in channels]
+        if missing:
+            raise ValueError(f"channels has no entry for layers {missing}; give one per layer or None")
+        per_layer = {key: channels[key] for key in keys}
+    else:
+        raise ValueError("with a list of layers, channels must be a dict layer -> channels, or None")
+    mined = {key: _RunningTopK(key, *resolve_layer(model, lay), per_layer[key]) for key, lay in zip(keys, layers)}
+
     device = _model_device(model) if device is None else torch.device(device)
     rank, world = _dist_rank_world()
     shard = list(range(rank, n_images, world))
     k_eff = min(k, n_images)
-
     loader = DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_size=batch_size,
         sampler=shard,  # a plain list of indices: in order, this rank's images only
         num_workers=num_workers,
     )
-    chans: torch.Tensor | None = None
-    best_v = best_i = best_p = None
-    feature_size = (1, 1)
     with preserve_modes(model, eval_mode=True), torch.no_grad():
         seen = 0
-        for batch in _progress(loader, progress and rank == 0, name, len(shard)):
+        label = keys[0] if len(keys) == 1 else f"{len(keys)} layers"
+        for batch in _progress(loader, progress and rank == 0, label, len(shard)):
             images = _images_of(batch).to(device, non_blocking=True)
-            out = forward_to(model, module, images)
-            fmap = _as_feature_maps(out, name)
-            if chans is None:
-                chans = _channel_list(channels, fmap.shape[1], name)
-                feature_size = (int(fmap.shape[2]), int(fmap.shape[3]))
-                c = chans.numel()
-                best_v = torch.full((c, k_eff), float("-inf"), device=device)
-                best_i = torch.full((c, k_eff), _PAD_INDEX, dtype=torch.int64, device=device)
-                best_p = torch.zeros((c, k_eff, 2), dtype=torch.int64, device=device)
-            b = fmap.shape[0]
-            picked = fmap.index_select(1, chans.to(fmap.device)).flatten(2).float()  # [B, C, HW]
-            # argmax returns the first maximal position: row-major tie-breaking within a map.
-            flat_pos = picked.argmax(dim=2)  # [B, C]
-            vals = picked.gather(2, flat_pos.unsqueeze(2)).squeeze(2)  # [B, C]
-            idx = torch.tensor(shard[seen : seen + b], dtype=torch.int64, device=device)
-            seen += b
-            w = feature_size[1]
-            pos = torch.stack([flat_pos // w, flat_pos % w], dim=-1)  # [B, C, 2]
-            best_v, best_i, best_p = _merge(
-                best_v,
-                best_i,
-                best_p,
-                vals.t(),
-                idx.unsqueeze(0).expand(vals.shape[1], b),
-                pos.transpose(0, 1),
-                k_eff,
-            )
-    if chans is None:
-        # This rank's shard was empty (more ranks than images): take the shape from a probe.
-        with preserve_modes(model, eval_mode=True), torch.no_grad():
-            probe = _images_of(next(iter(DataLoader(dataset, batch_size=1)))).to(device)  # type: ignore[arg-type]
-            fmap = _as_feature_maps(forward_to(model, module, probe), name)
-        chans = _channel_list(channels, fmap.shape[1], name)
-        feature_size = (int(fmap.shape[2]), int(fmap.shape[3]))
-        best_v = torch.full((chans.numel(), k_eff), float("-inf"), device=device)
-        best_i = torch.full((chans.numel(), k_eff), _PAD_INDEX, dtype=torch.int64, device=device)
-        best_p = torch.zeros((chans.numel(), k_eff, 2), dtype=torch.int64, device=device)
-    if world > 1:
-        best_v, best_i, best_p = _merge_across_ranks(best_v, best_i, best_p, k_eff)
-    return TopActivations(
-        layer=name,
-        channels=chans.cpu(),
-        values=best_v.cpu(),
-        indices=best_i.cpu(),
-        positions=best_p.cpu(),
-        feature_size=feature_size,
-    )
+            outputs = _forward_capture(model, [m.module for m in mined.values()], images)
+            idx = torch.tensor(shard[seen : seen + images.shape[0]], dtype=torch.int64, device=device)
+            seen += images.shape[0]
+            for state, out in zip(mined.values(), outputs):
+                state.update(out, idx, k_eff)
+        if seen == 0:
+            # This rank's shard is empty (more ranks than images): shapes from one image, so
+            # that this rank still takes part in the all_gather with the right shapes.
+            probe = _images_of(dataset[0])[None].to(device)
+            outputs = _forward_capture(model, [m.module for m in mined.values()], probe)
+            for state, out in zip(mined.values(), outputs):
+                state.start(out, k_eff, device)
+    results = {}
+    for key, state in mined.items():
+        v, i, p = state.best_v, state.best_i, state.best_p
+        if world > 1:
+            v, i, p = _merge_across_ranks(v, i, p, k_eff)
+        results[key] = TopActivations(
+            layer=state.name,
+            channels=state.channels.cpu(),
+            values=v.cpu(),
+            indices=i.cpu(),
+            positions=p.cpu(),
+            feature_size=state.feature_size,
+        )
+    return results[keys[0]] if single else results
+
+
+class _RunningTopK:
+    """One layer's running top-k: ``[C, k]`` values, data set indices and positions."""
+
+    def __init__(self, key: str, name: str, module: nn.Module, channels: Any) -> None:
+        self.key, self.name, self.module, self.requested = key, name, module, channels
+        self.channels = torch.empty(0, dtype=torch.int64)
+        self.best_v = self.best_i = self.best_p = torch.empty(0)
+        self.feature_size = (1, 1)
+        self.started = False
+
+    def start(self, out: torch.Tensor, k: int, device: torch.device) -> torch.Tensor:
+        fmap = _as_feature_maps(out, self.name)
+        if not self.started:
+            self.channels = _channel_list(self.requested, fmap.shape[1], self.name)
+            self.feature_size = (int(fmap.shape[2]), int(fmap.shape[3]))
+            c = self.channels.numel()
+            self.best_v = torch.full((c, k), float("-inf"), device=device)
+            self.best_i = torch.full((c, k), _PAD_INDEX, dtype=torch.int64, device=device)
+            self.best_p = torch.zeros((c, k, 2), dtype=torch.int64, device=device)
+            self.started = True
+        return fmap
+
+    def update(self, out: torch.Tensor, idx: torch.Tensor, k: int) -> None:
+        fmap = self.start(out, k, idx.device)
+        b = fmap.shape[0]
+        picked = fmap.index_select(1, self.channels.to(fmap.device)).flatten(2).float()  # [B, C, HW]
+        # argmax returns the first maximal position: row-major tie-breaking within a map.
+        flat_pos = picked.argmax(dim=2)  # [B, C]
+        vals = picked.gather(2, flat_pos.unsqueeze(2)).squeeze(2).to(idx.device)  # [B, C]
+        flat_pos = flat_pos.to(idx.device)
+        w = self.feature_size[1]
+        pos = torch.stack([flat_pos // w, flat_pos % w], dim=-1)  # [B, C, 2]
+        self.best_v, self.best_i, self.best_p = _merge(
+            self.best_v,
+            self.best_i,
+            self.best_p,
+            vals.t(),
+            idx.unsqueeze(0).expand(vals.shape[1], b),
+            pos.transpose(0, 1),
+            k,
+        )
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every requested layer has run: later layers are skipped."""
+
+
+def _forward_capture(model: nn.Module, modules: list[nn.Module], inputs: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``model`` until every module in ``modules`` has run; return their outputs in order."""
+    if len(modules) == 1:
+        return [forward_to(model, modules[0], inputs)]
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(module: nn.Module, _inp: Any, out: Any) -> None:
+        captured.setdefault(id(module), out)
+        if len(captured) == len(modules):
+            raise _StopForward
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        model(inputs)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [i for i, m in enumerate(modules) if id(m) not in captured]
+    if missing:
+        # Name them the way forward_to does (it raises LayerNotReachedError).
+        forward_to(model, modules[missing[0]], inputs)
+    outs = [captured[id(m)] for m in modules]
+    for out in outs:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"a layer returns {type(out).__name__}, not a tensor")
+    return outs
 
 
 def top_activation_crops(

@@ -139,13 +139,16 @@ class FeatureEvolution(_EpochEndCallback):
                 if name not in self._channels:
                     n = _layer_channels(model, name, probe)
                     self._channels[name] = _choose_maps(self.maps, name, n, self.seed)
-                # A collective under DDP. Every rank also projects (a few images), so that
-                # every rank holds the same state.
-                top = top_activations(
-                    model, name, probe, k=1, channels=self._channels[name],
-                    batch_size=self.batch_size, progress=False,
+            # All layers in one pass over the probe; a collective under DDP. Every rank also
+            # projects (a few images), so that every rank holds the same state.
+            tops = top_activations(
+                model, self.layers, probe, k=1, channels=self._channels,
+                batch_size=self.batch_size, progress=False,
+            )
+            for name in self.layers:
+                projections, _ = top_activation_crops(
+                    model, tops[name], probe, tile=self.tile, batch_size=self.batch_size
                 )
-                projections, _ = top_activation_crops(model, top, probe, tile=self.tile, batch_size=self.batch_size)
                 column[name] = to_uint8(normalize_projection(projections[:, 0]))
         self._columns.append((epoch, column))
 

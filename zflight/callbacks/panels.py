@@ -335,13 +335,17 @@ class TopActivationPanels(_EpochEndCallback):
                 if name not in self._channels:
                     n = _layer_channels(model, name, dataset)
                     self._channels[name] = _choose_maps(self.maps, name, n, self.seed)
-                top = top_activations(
-                    model, name, dataset, k=self.k, channels=self._channels[name],
-                    batch_size=self.batch_size, progress=False,
-                )  # a collective under DDP: every rank
-                if not trainer.is_global_zero:
-                    continue
-                projections, patches = top_activation_crops(model, top, dataset, tile=self.tile, batch_size=self.batch_size)
+            # All layers in one pass over the data; a collective under DDP: every rank.
+            tops = top_activations(
+                model, self.layers, dataset, k=self.k, channels=self._channels,
+                batch_size=self.batch_size, progress=False,
+            )
+            if not trainer.is_global_zero:
+                return
+            for name in self.layers:
+                projections, patches = top_activation_crops(
+                    model, tops[name], dataset, tile=self.tile, batch_size=self.batch_size
+                )
                 panel = top_activation_panel(projections, patches, maps_per_row=self.maps_per_row)
                 save_png(panel, folder / f"top{self.k}_{_file_part(name)}_epoch{epoch:03d}.png")
                 _log_image(trainer, f"top{self.k}/{name}", panel, trainer.global_step)
