@@ -132,7 +132,7 @@ def spectral_bands(
         Shares in [0, 1] that sum to 1 per filter (all 0 for an all-zero filter).
 
     Example:
-        >>> spectral_bands(torch.ones(1, 1, 7, 7))  # a flat filter is all DC: low
+        >>> spectral_bands(torch.ones(1, 1, 7, 7)).round(decimals=6)  # flat: all DC, low
         tensor([[1., 0., 0.]])
     """
     low, high = float(edges[0]), float(edges[1])
