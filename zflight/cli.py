@@ -23,6 +23,7 @@ __all__ = ["ZFlightCLI", "main", "ANALYSIS_COMMANDS"]
 # remaining arguments (a list of str) and parses them itself; they are imported only when used,
 # so `python -m zflight fit` does not pay for them.
 ANALYSIS_COMMANDS: dict[str, str] = {
+    "occlusion": "zflight.analyses.occlusion_cli:main",
     "invariance": "zflight.analyses.invariance_cli:main",
     "compare": "zflight.analyses.compare_cli:main",
     "correspondence": "zflight.analyses.correspondence_cli:main",
