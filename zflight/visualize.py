@@ -110,7 +110,8 @@ def _run(args: argparse.Namespace) -> Path:
 
     model = _load_model(Path(args.ckpt_path)).to(device).eval()
     dataset = _load_dataset(Path(args.config), args.split)
-    # Same subset and same torch seeds per item as the TopActivationPanels callback.
+    # Same subset and same torch seeds per item as the TopActivationPanels callback (this
+    # process does nothing else with the RNG, so it needs no restoring).
     dataset = _SeededItems(_subset(dataset, args.max_images, args.seed), args.seed)
     for name in args.layers:
         try:
