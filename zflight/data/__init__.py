@@ -8,6 +8,9 @@ from zflight.data.datamodules import (
     ShapesDataModule,
     UnreadableImageError,
 )
+# pack() and verify() stay in zflight.data.pack: exported here they would hide that module.
+from zflight.data.pack import PackVerificationError
+from zflight.data.packed import PackedBatch, PackedImageNetDataModule, crop_flip_normalize
 from zflight.data.shapes import CLASSES as SHAPES_CLASSES
 from zflight.data.shapes import ShapesDataset
 
@@ -17,7 +20,11 @@ __all__ = [
     "SHAPES_CLASSES",
     "ImageFolderDataModule",
     "ImageFolderDataset",
+    "PackVerificationError",
+    "PackedBatch",
+    "PackedImageNetDataModule",
     "ShapesDataModule",
     "ShapesDataset",
     "UnreadableImageError",
+    "crop_flip_normalize",
 ]
