@@ -28,6 +28,7 @@ ANALYSIS_COMMANDS: dict[str, str] = {
     "compare": "zflight.analyses.compare_cli:main",
     "correspondence": "zflight.analyses.correspondence_cli:main",
     "visualize": "zflight.visualize:main",
+    "pack": "zflight.data.pack:main",
 }
 
 
