@@ -73,7 +73,7 @@ class ZFNet(nn.Module):
         fc_width: units of fc6 and fc7.
         dropout: dropout probability before fc7 and fc8 (the paper: 0.5 on fc6 and fc7 outputs).
         init: ``"paper"`` draws weights from N(0, 0.01²) with zero biases; ``"kaiming"`` uses
-            Kaiming-normal (fan-out for convs, fan-in for linear layers) with zero biases.
+            Kaiming-normal (fan-in) with zero biases.
     """
 
     def __init__(
@@ -137,9 +137,9 @@ def init_weights(model: nn.Module, init: Init = "paper") -> None:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if init == "paper":
                 nn.init.normal_(m.weight, mean=0.0, std=1e-2)
-            elif isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             else:
+                # fan_in keeps the forward signal's scale through a plain conv/ReLU stack with
+                # no batch norm, which is what lets the quickstart leave chance early.
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
