@@ -1,7 +1,7 @@
 """Reading a pack (:mod:`zflight.data.pack`) at GPU speed: uint8 batches in, crops made on the device.
 
-The CPU only gathers whole ``[size, size, 3]`` uint8 rows of randomly chosen images into pinned
-memory (threads, one ``index_select`` per batch straight from the memory-mapped file); the copy to
+The CPU only reads whole ``[size, size, 3]`` uint8 rows of randomly chosen images into pinned
+memory (threads, one ``preadv`` per image straight from the pack's file); the copy to
 the GPU is non-blocking; there, :func:`crop_flip_normalize` cuts every sample's own crop (random
 offset and flip for training, the centre for validation, the paper's ten crops for testing) with
 one gather, and normalizes. The random draws are made on the CPU from ``(seed, epoch)``, so the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -222,12 +223,15 @@ class PackedSampler:
 class PackedLoader:
     """Iterable of :class:`PackedBatch` (or of ``(x, y)`` with a ``transform``) from one split of a pack.
 
-    Worker threads gather each batch's rows from the memory-mapped images with one
-    ``index_select`` into a fresh (pinned, when ``pin_memory``) tensor: one copy from the page
-    cache, no pickling, no worker processes. ``sampler`` has ``set_epoch``, which Lightning calls.
+    Worker threads read each batch's rows into a fresh (pinned, when ``pin_memory``) tensor: one
+    copy from the page cache or disk, no pickling, no worker processes. Rows of a memory-mapped
+    pack are read with ``os.preadv`` straight into that tensor (about 5x faster than gathering
+    from the mapping, which takes a page fault per 4 kB; the GIL is released while reading).
+    ``sampler`` has ``set_epoch``, which Lightning calls.
 
     Args:
-        images: uint8 ``[N, size, size, 3]`` tensor (memory-mapped).
+        images: uint8 ``[N, size, size, 3]`` array; a ``numpy.memmap`` (``numpy.load(path,
+            mmap_mode="r")``) is read from its file.
         labels: int64 ``[N]`` array.
         sampler: the rows and crops of each batch.
         pin_memory: gather into page-locked memory (for non-blocking copies to a GPU).
@@ -243,7 +247,7 @@ class PackedLoader:
 
     def __init__(
         self,
-        images: torch.Tensor,
+        images: np.ndarray,
         labels: np.ndarray,
         sampler: PackedSampler,
         *,
@@ -263,12 +267,12 @@ class PackedLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def _gather(self, plan: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> Any:
+    def _gather(self, plan: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], fd: int | None) -> Any:
         rows, top, left, flip = plan
         # With a CPU-side transform, what is sent is its output: pin that instead.
         pin = self.pin_memory and self.transform is None
         out = torch.empty((len(rows), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=pin)
-        torch.index_select(self.images, 0, torch.from_numpy(rows), out=out)
+        self._read_rows(rows, out.numpy(), fd)
         small = [torch.from_numpy(np.ascontiguousarray(a)) for a in (self.labels[rows], top, left, flip, rows)]
         if pin:
             # Pageable sources would make the non-blocking copies synchronous (a stream sync).
@@ -281,17 +285,34 @@ class PackedLoader:
             result = tuple(t.pin_memory() for t in result)
         return result
 
+    def _read_rows(self, rows: np.ndarray, out: np.ndarray, fd: int | None) -> None:
+        if fd is None:
+            np.take(self.images, rows, axis=0, out=out)
+            return
+        row_bytes = out[0].nbytes
+        for j, r in enumerate(rows.tolist()):
+            view = memoryview(out[j]).cast("B")
+            pos, done = self.images.offset + r * row_bytes, 0
+            while done < row_bytes:  # a read may return less than asked
+                got = os.preadv(fd, [view[done:]], pos + done)
+                if got == 0:
+                    raise OSError(f"{self.images.filename} ends before row {r}: the pack is truncated (run verify)")
+                done += got
+
     def __iter__(self) -> Iterator[Any]:
         plans = iter(self.sampler)
-        if self.num_workers == 0:
-            for plan in plans:
-                yield self._gather(plan)
-            return
-        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="zflight-pack")
+        path = getattr(self.images, "filename", None)
+        # One descriptor per iteration, shared by the threads (preadv has no file position).
+        fd = os.open(path, os.O_RDONLY) if path is not None and hasattr(os, "preadv") else None
+        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="zflight-pack") if self.num_workers else None
         queue: deque[Future] = deque()
         try:
+            if pool is None:
+                for plan in plans:
+                    yield self._gather(plan, fd)
+                return
             for plan in plans:
-                queue.append(pool.submit(self._gather, plan))
+                queue.append(pool.submit(self._gather, plan, fd))
                 if len(queue) >= self.num_workers * self.prefetch:
                     yield queue.popleft().result()
             while queue:
@@ -300,14 +321,10 @@ class PackedLoader:
             # Also when the consumer stops early (limit_train_batches, an exception).
             for f in queue:
                 f.cancel()
-            pool.shutdown(wait=True)
-
-
-def _open_images(path: Path) -> torch.Tensor:
-    # 'c' (copy-on-write) maps the file as writable memory without writing to it, so torch takes
-    # it without the non-writable-array warning; we only ever read.
-    arr = np.load(path, mmap_mode="c")
-    return torch.from_numpy(arr)
+            if pool is not None:
+                pool.shutdown(wait=True)
+            if fd is not None:
+                os.close(fd)
 
 
 class PackedImageNetDataModule(L.LightningDataModule):
@@ -393,7 +410,7 @@ class PackedImageNetDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.drop_last, self.seed = drop_last, seed
         self._mean, self._std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-        self._splits: dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray]] = {}
+        self._splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     @property
     def num_classes(self) -> int:
@@ -429,7 +446,7 @@ class PackedImageNetDataModule(L.LightningDataModule):
                 f"the pack in {self.root} has no {split!r} split (it has {sorted(self.manifest['splits'])}); "
                 f"pack a source folder that holds {split}/<class>/"
             )
-        images = _open_images(self.root / info["images"])
+        images = np.load(self.root / info["images"], mmap_mode="r")
         labels = np.load(self.root / info["labels"], mmap_mode="r")
         rows = np.flatnonzero(labels >= 0)  # -1: an unreadable file's empty row
         self._splits[split] = (images, labels, rows)
