@@ -115,6 +115,18 @@ def test_bad_input_ends_with_one_error_line(trained, tmp_path, capsys, change, m
     assert message in err and "Traceback" not in err
 
 
+def test_checkpoint_written_by_the_cli_loads(trained, tmp_path):
+    # LightningCLI stores extra hyper_parameters entries that are not constructor arguments.
+    config, ckpt = trained
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    cli_ckpt = tmp_path / "cli.ckpt"
+    torch.save(checkpoint, cli_ckpt)
+    main(["--config", str(config), "--ckpt_path", str(cli_ckpt), "--out", str(tmp_path / "o"),
+          "--layers", "conv1", "--maps", "2", "--k", "2", "--tile", "8"])
+    assert (tmp_path / "o" / "top2_conv1.png").is_file()
+
+
 def test_missing_checkpoint_is_named(trained, tmp_path, capsys):
     config, _ = trained
     with pytest.raises(SystemExit):

@@ -25,6 +25,7 @@ line.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -173,7 +174,10 @@ def _load_model(path: Path) -> torch.nn.Module:
             f"--ckpt_path {path} has no hyper_parameters/state_dict: is it a checkpoint written by "
             "`python -m zflight fit`?"
         )
-    hparams = dict(checkpoint["hyper_parameters"])
+    # LightningCLI adds its own entries (``_instantiator``, ``_class_path``): keep the
+    # constructor's arguments only.
+    accepted = inspect.signature(ImageClassifier.__init__).parameters
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in accepted}
     # The weights come from the checkpoint; never download pretrained ones to overwrite them.
     hparams["weights"] = None
     try:
