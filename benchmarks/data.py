@@ -133,9 +133,7 @@ def training_step(args: argparse.Namespace, device: torch.device) -> Callable[[t
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
     net = torch.compile(model) if args.compile else model
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed" else nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed" else nullcontext()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         if args.channels_last:
@@ -205,15 +203,24 @@ def main() -> None:
         manifest = pack(src, dst, size=args.size, workers=pack_workers, progress=False)
         seconds = time.perf_counter() - start
         n = sum(s["listed"] for s in manifest["splits"].values())
-        notes.append(f"packed {n} images at {args.size} px in {seconds:.1f} s with {pack_workers} processes "
-                     f"({n / seconds:.0f} images/s, {n / seconds / pack_workers:.0f} per process; a rerun only verifies)")
+        notes.append(
+            f"packed {n} images at {args.size} px in {seconds:.1f} s with {pack_workers} processes "
+            f"({n / seconds:.0f} images/s, {n / seconds / pack_workers:.0f} per process; a rerun only verifies)"
+        )
         args.num_classes = manifest["classes"]
 
-        folder = ImageFolderDataModule(src, resize=args.size, crop_size=args.crop, batch_size=args.batch_size,
-                                       num_workers=folder_workers, pin_memory=device.type == "cuda")
+        folder = ImageFolderDataModule(
+            src,
+            resize=args.size,
+            crop_size=args.crop,
+            batch_size=args.batch_size,
+            num_workers=folder_workers,
+            pin_memory=device.type == "cuda",
+        )
         folder.setup("fit")
-        packed = PackedImageNetDataModule(dst, crop_size=args.crop, batch_size=args.batch_size,
-                                          num_workers=args.pack_threads)
+        packed = PackedImageNetDataModule(
+            dst, crop_size=args.crop, batch_size=args.batch_size, num_workers=args.pack_threads
+        )
         packed.setup("fit")
         step = training_step(args, device)
 
@@ -227,11 +234,36 @@ def main() -> None:
         crop_cores = 1 if device.type == "cpu" else 0
         # The synthetic run goes first so that torch.compile's compilation is not timed anywhere.
         rows = [
-            ("training step, synthetic data on the device (ceiling)", _rate(synthetic_batches(args, device), step, w + 3, s, device), 0, t),
-            ("folder + PIL workers, loader alone", _rate(folder_batches(folder, device), nothing, w, s, device), folder_workers, folder_workers),
-            ("pack loader + crops on the device, loader alone", _rate(pack_batches(packed, device), nothing, w, s, device), args.pack_threads, args.pack_threads + crop_cores),
-            ("training step fed by folder + PIL workers", _rate(folder_batches(folder, device), step, w, s, device), folder_workers, folder_workers + t),
-            ("training step fed by the pack loader", _rate(pack_batches(packed, device), step, w, s, device), args.pack_threads, args.pack_threads + t),
+            (
+                "training step, synthetic data on the device (ceiling)",
+                _rate(synthetic_batches(args, device), step, w + 3, s, device),
+                0,
+                t,
+            ),
+            (
+                "folder + PIL workers, loader alone",
+                _rate(folder_batches(folder, device), nothing, w, s, device),
+                folder_workers,
+                folder_workers,
+            ),
+            (
+                "pack loader + crops on the device, loader alone",
+                _rate(pack_batches(packed, device), nothing, w, s, device),
+                args.pack_threads,
+                args.pack_threads + crop_cores,
+            ),
+            (
+                "training step fed by folder + PIL workers",
+                _rate(folder_batches(folder, device), step, w, s, device),
+                folder_workers,
+                folder_workers + t,
+            ),
+            (
+                "training step fed by the pack loader",
+                _rate(pack_batches(packed, device), step, w, s, device),
+                args.pack_threads,
+                args.pack_threads + t,
+            ),
         ]
     finally:
         if not args.keep and args.work_dir is None:
@@ -239,15 +271,18 @@ def main() -> None:
 
     ceiling = rows[0][1]
     print(f"# data pipeline throughput, {date.today()}, {_machine(device)}, device {device}")
-    print(f"# zfnet width {args.width}, pack {args.size} px, crop {args.crop}, batch {args.batch_size}, "
-          f"{args.precision}, channels_last={args.channels_last}, compile={args.compile}, "
-          f"{args.steps} timed batches after {args.warmup} (torch threads: {torch.get_num_threads()})")
+    print(
+        f"# zfnet width {args.width}, pack {args.size} px, crop {args.crop}, batch {args.batch_size}, "
+        f"{args.precision}, channels_last={args.channels_last}, compile={args.compile}, "
+        f"{args.steps} timed batches after {args.warmup} (torch threads: {torch.get_num_threads()})"
+    )
     for note in notes:
         print(f"# {note}")
     print("| path | loader workers | CPU cores busy | images/s | images/s per busy core | vs ceiling |")
     print("|---|---|---|---|---|---|")
     for name, rate, workers, busy in rows:
         print(f"| {name} | {workers} | {busy} | {rate:.1f} | {rate / busy:.1f} | {rate / ceiling:.2f} |")
+
 
 if __name__ == "__main__":
     main()

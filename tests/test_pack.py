@@ -120,7 +120,9 @@ def test_corrupt_file_is_listed_and_excluded_only_with_skip_corrupt(tmp_path):
     real = packmod._preprocess
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(packmod, "_preprocess", lambda p, s: decoded.append(p) or real(p, s))
-        manifest = packmod.pack(src, tmp_path / "zf", size=SIZE, workers=0, chunk_size=4, skip_corrupt=True, progress=False)
+        manifest = packmod.pack(
+            src, tmp_path / "zf", size=SIZE, workers=0, chunk_size=4, skip_corrupt=True, progress=False
+        )
     assert decoded == [str(bad)]  # only the bad file is tried again
     assert manifest["splits"]["train"]["excluded"] == 1 and manifest["splits"]["train"]["count"] == 9
     assert [b["path"] for b in manifest["unreadable"]] == [str(bad)]
@@ -189,11 +191,29 @@ def test_verify_names_a_modified_file_and_rows(packed, tmp_path):
 def test_cli_packs_with_worker_processes_and_verifies(src, packed, tmp_path, capsys):
     dst = tmp_path / "zf"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "zflight", "pack", "--src", str(src), "--dst", str(dst), "--size", str(SIZE),
-           "--workers", "2", "--chunk-size", "5", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "zflight",
+        "pack",
+        "--src",
+        str(src),
+        "--dst",
+        str(dst),
+        "--size",
+        str(SIZE),
+        "--workers",
+        "2",
+        "--chunk-size",
+        "5",
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert packmod.read_manifest(dst)["splits"]["train"]["sha256"] == packmod.read_manifest(packed)["splits"]["train"]["sha256"]
+    assert (
+        packmod.read_manifest(dst)["splits"]["train"]["sha256"]
+        == packmod.read_manifest(packed)["splits"]["train"]["sha256"]
+    )
     assert packmod.main(["--dst", str(dst), "--verify", "--workers", "0"])["splits"]["val"]["count"] == 9
     assert "24 train + 9 val images" in capsys.readouterr().out
 
@@ -242,8 +262,9 @@ def test_each_sample_gets_its_own_crop_and_flip(packed):
         torch.testing.assert_close(x[i], ref, atol=1e-5, rtol=0)
     # The same image repeated gets different crops when its parameters differ.
     same = batch.images[:1].expand(4, -1, -1, -1)
-    out = crop_flip_normalize(same, torch.tensor([0, 0, 8, 0]), torch.tensor([0, 8, 0, 0]),
-                              torch.tensor([False, False, False, True]), CROP)
+    out = crop_flip_normalize(
+        same, torch.tensor([0, 0, 8, 0]), torch.tensor([0, 8, 0, 0]), torch.tensor([False, False, False, True]), CROP
+    )
     assert all(not torch.equal(out[i], out[j]) for i in range(4) for j in range(i + 1, 4))
     torch.testing.assert_close(out[3], out[0].flip(-1))
 
@@ -308,8 +329,14 @@ def test_two_ddp_processes_each_read_their_own_shard(packed, tmp_path):
     script = tmp_path / "ddp_pack.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(script), str(packed), str(tmp_path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(packed), str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = [eval((tmp_path / f"rank{r}.txt").read_text()) for r in range(2)]
     for epoch in range(2):
@@ -325,12 +352,24 @@ def test_fit_with_the_imagenet_config_reads_the_pack(packed, tmp_path, capsys):
     from zflight.cli import main
 
     args = [
-        "fit", "--config", str(ROOT / "configs" / "zfnet_imagenet.yaml"),
-        f"--data.init_args.root={packed}", f"--data.init_args.crop_size={CROP}", "--data.init_args.batch_size=8",
-        "--data.init_args.num_workers=1", "--data.init_args.test_crops=1",
-        "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true",
-        "--trainer.fast_dev_run=2", "--trainer.logger=false", "--trainer.callbacks=[]", "--model.width=0.125",
-        "--model.channels_last=false", "--trainer.enable_progress_bar=false",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "zfnet_imagenet.yaml"),
+        f"--data.init_args.root={packed}",
+        f"--data.init_args.crop_size={CROP}",
+        "--data.init_args.batch_size=8",
+        "--data.init_args.num_workers=1",
+        "--data.init_args.test_crops=1",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.strategy=auto",
+        "--trainer.precision=32-true",
+        "--trainer.fast_dev_run=2",
+        "--trainer.logger=false",
+        "--trainer.callbacks=[]",
+        "--model.width=0.125",
+        "--model.channels_last=false",
+        "--trainer.enable_progress_bar=false",
     ]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["zflight"])

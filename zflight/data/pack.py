@@ -177,8 +177,12 @@ def _pack_chunk(task: dict[str, Any]) -> dict[str, Any]:
             pixels[i] = _preprocess(path, size)
         except UnreadableImageError as e:
             labels[i] = -1  # the row stays zeros and is never read
-            unreadable.append({"index": start + i, "path": path, "label": int(task["labels"][i]), "error": str(e.__cause__ or e)})
-    _write_rows(task["images_path"], task["images_offset"], task["labels_path"], task["labels_offset"], start, pixels, labels)
+            unreadable.append(
+                {"index": start + i, "path": path, "label": int(task["labels"][i]), "error": str(e.__cause__ or e)}
+            )
+    _write_rows(
+        task["images_path"], task["images_offset"], task["labels_path"], task["labels_offset"], start, pixels, labels
+    )
     return {
         "split": task["split"],
         "chunk": task["chunk"],
@@ -189,7 +193,13 @@ def _pack_chunk(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_rows(
-    images_path: str, images_offset: int, labels_path: str, labels_offset: int, start: int, pixels: np.ndarray, labels: np.ndarray
+    images_path: str,
+    images_offset: int,
+    labels_path: str,
+    labels_offset: int,
+    start: int,
+    pixels: np.ndarray,
+    labels: np.ndarray,
 ) -> None:
     row = pixels[0].nbytes if len(pixels) else 0
     for path, offset, arr, item in (
@@ -311,7 +321,9 @@ def _record_chunk(progress: dict[str, Any], result: dict[str, Any]) -> None:
         split["unreadable"][str(bad["index"])] = {k: bad[k] for k in ("path", "label", "error")}
 
 
-def _start(dst: Path, src: Path, size: int, chunk_size: int, classes: list[str], splits: dict[str, Any]) -> dict[str, Any]:
+def _start(
+    dst: Path, src: Path, size: int, chunk_size: int, classes: list[str], splits: dict[str, Any]
+) -> dict[str, Any]:
     """Allocate the arrays and write the class list, file lists and a fresh progress record."""
     dst.mkdir(parents=True, exist_ok=True)
     (dst / _CLASSES).write_text(json.dumps(classes, indent=0))
@@ -340,7 +352,15 @@ def _start(dst: Path, src: Path, size: int, chunk_size: int, classes: list[str],
     return progress
 
 
-def _check_resumable(dst: Path, progress: dict[str, Any], src: Path, size: int, chunk_size: int, classes: list[str], splits: dict[str, Any]) -> None:
+def _check_resumable(
+    dst: Path,
+    progress: dict[str, Any],
+    src: Path,
+    size: int,
+    chunk_size: int,
+    classes: list[str],
+    splits: dict[str, Any],
+) -> None:
     hint = f"pack into a new --dst, or delete {dst} to start over"
     if progress.get("format") != PACK_FORMAT or progress.get("version") != _VERSION:
         raise ValueError(f"{dst / _PROGRESS} was not written by this version of zflight's packer; {hint}")
@@ -350,7 +370,9 @@ def _check_resumable(dst: Path, progress: dict[str, Any], src: Path, size: int, 
     if progress["classes_sha256"] != _sha256(json.dumps(classes, indent=0).encode()):
         raise ValueError(f"the classes in {src / 'train'} differ from those of the pack started in {dst}; {hint}")
     if set(progress["splits"]) != set(splits):
-        raise ValueError(f"the pack started in {dst} has splits {sorted(progress['splits'])}, {src} has {sorted(splits)}; {hint}")
+        raise ValueError(
+            f"the pack started in {dst} has splits {sorted(progress['splits'])}, {src} has {sorted(splits)}; {hint}"
+        )
     for split, (samples, _, listing) in splits.items():
         if progress["splits"][split]["listing_sha256"] != listing:
             raise ValueError(
@@ -371,7 +393,9 @@ def _retry_unreadable(dst: Path, progress: dict[str, Any], size: int, chunk_size
                 record["unreadable"][key]["error"] = str(e.__cause__ or e)
                 continue
             label = np.array([record["unreadable"][key]["label"]], dtype=np.int64)
-            _write_rows(str(images), _npy_offset(images), str(labels_path), _npy_offset(labels_path), index, row[None], label)
+            _write_rows(
+                str(images), _npy_offset(images), str(labels_path), _npy_offset(labels_path), index, row[None], label
+            )
             del record["unreadable"][key]
             chunk = index // chunk_size
             if str(chunk) in record["done"]:  # the chunk's bytes changed: hash it again
@@ -404,7 +428,9 @@ def _unreadable_list(progress: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _unreadable_message(bad: list[dict[str, Any]], dst: Path) -> str:
-    lines = [f"{len(bad)} image file{'s' if len(bad) > 1 else ''} could not be read (every other file is packed into {dst}):"]
+    lines = [
+        f"{len(bad)} image file{'s' if len(bad) > 1 else ''} could not be read (every other file is packed into {dst}):"
+    ]
     lines += [f"  {b['path']}: {b['error']}" for b in bad]
     lines.append(
         "Rerun with --skip-corrupt (skip_corrupt=True) to finish the pack without them, or replace them and rerun; "
@@ -467,7 +493,9 @@ def pack(
     if (dst / _MANIFEST).is_file():
         manifest = read_manifest(dst)
         if manifest["size"] != size:
-            raise ValueError(f"{dst} already holds a finished pack at size {manifest['size']}, not {size}; pack into a new --dst")
+            raise ValueError(
+                f"{dst} already holds a finished pack at size {manifest['size']}, not {size}; pack into a new --dst"
+            )
         return verify(dst, workers=workers, progress=progress)
 
     classes, listing = _plan(src, size)
@@ -510,7 +538,9 @@ def pack(
     from tqdm.auto import tqdm
 
     last_save = time.monotonic()
-    with tqdm(total=total, initial=total - remaining, unit="img", desc=f"packing into {dst}", disable=not progress) as bar:
+    with tqdm(
+        total=total, initial=total - remaining, unit="img", desc=f"packing into {dst}", disable=not progress
+    ) as bar:
         try:
             for result in _run(_pack_chunk, tasks, workers):
                 _record_chunk(record, result)
@@ -537,7 +567,7 @@ def _finish(dst: Path, record: dict[str, Any], classes: list[str], bad: list[dic
         "version": _VERSION,
         "size": record["size"],
         "layout": "uint8 [N, size, size, 3] RGB rows; labels int64, -1 = unreadable file left out",
-        "preprocessing": f"shorter side to {record['size']} (bilinear, antialiased), centre {record['size']}x{record['size']} crop",
+        "preprocessing": "shorter side to {0} (bilinear, antialiased), centre {0}x{0} crop".format(record["size"]),
         "source": record["source"],
         "chunk_size": record["chunk_size"],
         "classes": len(classes),
@@ -566,9 +596,15 @@ def _finish(dst: Path, record: dict[str, Any], classes: list[str], bad: list[dic
 
 
 def _summary(dst: Path, manifest: dict[str, Any]) -> str:
-    parts = [f"{s['count']:,} {name}" + (f" ({s['excluded']} unreadable left out)" if s["excluded"] else "") for name, s in manifest["splits"].items()]
+    parts = [
+        f"{s['count']:,} {name}" + (f" ({s['excluded']} unreadable left out)" if s["excluded"] else "")
+        for name, s in manifest["splits"].items()
+    ]
     gb = sum(s["bytes"] for s in manifest["splits"].values()) / 1e9
-    return f"pack {dst}: {' + '.join(parts)} images at {manifest['size']} px, {gb:.2f} GB, verified checksums in {_MANIFEST}"
+    return (
+        f"pack {dst}: {' + '.join(parts)} images at {manifest['size']} px, {gb:.2f} GB, "
+        f"SHA-256 checksums in {dst / _MANIFEST}"
+    )
 
 
 # ------------------------------------------------------------------------------------ verify
@@ -608,7 +644,10 @@ def verify(dst: str | Path, *, workers: int | None = None, progress: bool = Fals
     for split, s in manifest["splits"].items():
         images, labels = dst / s["images"], dst / s["labels"]
         ok = True
-        for path, shape, dtype in ((images, (s["listed"], size, size, 3), np.uint8), (labels, (s["listed"],), np.dtype("<i8"))):
+        for path, shape, dtype in (
+            (images, (s["listed"], size, size, 3), np.uint8),
+            (labels, (s["listed"],), np.dtype("<i8")),
+        ):
             if not path.is_file():
                 problems.append(f"{path} is missing")
                 ok = False
@@ -617,18 +656,25 @@ def verify(dst: str | Path, *, workers: int | None = None, progress: bool = Fals
             if got_shape != shape or got_dtype != dtype:
                 problems.append(f"{path} holds {got_dtype} {got_shape}, the manifest says {np.dtype(dtype)} {shape}")
                 ok = False
-            elif path.stat().st_size != _npy_offset(path) + int(np.prod(shape)) * np.dtype(dtype).itemsize:
-                problems.append(f"{path} has {path.stat().st_size} bytes, not the {_npy_offset(path) + int(np.prod(shape)) * np.dtype(dtype).itemsize} its header implies")
-                ok = False
+            else:
+                expected = _npy_offset(path) + int(np.prod(shape)) * np.dtype(dtype).itemsize
+                if path.stat().st_size != expected:
+                    problems.append(f"{path} has {path.stat().st_size} bytes, not the {expected} its header implies")
+                    ok = False
         if s["count"] != s["listed"] - s["excluded"]:
-            problems.append(f"the manifest's counts of {split} disagree: {s['count']} != {s['listed']} - {s['excluded']}")
+            problems.append(
+                f"the manifest's counts of {split} disagree: {s['count']} != {s['listed']} - {s['excluded']}"
+            )
         if _split_digest(s["chunks"]) != s["sha256"]:
             problems.append(f"the manifest's chunk list of {split} does not match its sha256")
         if ok:
             lab = np.load(labels, mmap_mode="r")
             kept = int((lab >= 0).sum())
             if kept != s["count"] or int(lab.max(initial=-1)) >= manifest["classes"]:
-                problems.append(f"{labels} has {kept} labelled rows (max label {int(lab.max(initial=-1))}), the manifest says {s['count']} of {manifest['classes']} classes")
+                problems.append(
+                    f"{labels} has {kept} labelled rows (max label {int(lab.max(initial=-1))}), "
+                    f"the manifest says {s['count']} of {manifest['classes']} classes"
+                )
             for chunk, start in enumerate(range(0, s["listed"], chunk_size)):
                 tasks.append(_hash_task(dst, split, chunk, chunk_size, min(chunk_size, s["listed"] - start), size))
     from tqdm.auto import tqdm
@@ -661,8 +707,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dst", required=True, help="folder for the pack")
     parser.add_argument("--size", type=int, default=256, help="side of the stored square images (default 256)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all CPUs)")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="images per chunk (unit of work, resume, checksum)")
-    parser.add_argument("--skip-corrupt", action="store_true", help="finish without unreadable files (listed in the manifest)")
+    parser.add_argument(
+        "--chunk-size", type=int, default=1024, help="images per chunk (unit of work, resume, checksum)"
+    )
+    parser.add_argument(
+        "--skip-corrupt", action="store_true", help="finish without unreadable files (listed in the manifest)"
+    )
     parser.add_argument("--verify", action="store_true", help="only verify the finished pack in --dst")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

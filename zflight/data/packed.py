@@ -147,7 +147,8 @@ class PackedSampler:
         drop_last: drop this process's last batch when it is incomplete.
 
     Example:
-        >>> s = PackedSampler(np.arange(10), batch_size=4, image_size=8, crop_size=6, mode="random", rank=1, world_size=2)
+        >>> s = PackedSampler(np.arange(10), batch_size=4, image_size=8, crop_size=6, mode="random",
+        ...                   rank=1, world_size=2)
         >>> [len(b[0]) for b in s]
         [4, 1]
     """
@@ -405,7 +406,12 @@ class PackedImageNetDataModule(L.LightningDataModule):
                 f"use crop_size <= {self.pack_size} (e.g. {round(self.pack_size * 224 / 256)})"
             )
         self._classes: list[str] = json.loads((self.root / "classes.json").read_text())
-        self.crop_size, self.batch_size, self.test_crops, self.test_split = crop_size, batch_size, test_crops, test_split
+        self.crop_size, self.batch_size, self.test_crops, self.test_split = (
+            crop_size,
+            batch_size,
+            test_crops,
+            test_split,
+        )
         self.device_augment, self.num_workers, self.prefetch = device_augment, num_workers, prefetch
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.drop_last, self.seed = drop_last, seed
