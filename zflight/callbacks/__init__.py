@@ -4,7 +4,9 @@
   after epoch), TensorBoard ``evolution/<layer>``;
 - :class:`TopActivationPanels`: the paper's Fig. 2 (top-9 projections beside their image
   patches), TensorBoard ``top9/<layer>``;
-- :class:`FilterGrid`: the first layer's filters, TensorBoard ``filters/<layer>``.
+- :class:`FilterGrid`: the first layer's filters, TensorBoard ``filters/<layer>``;
+- :class:`OcclusionFigures`: the paper's Fig. 7 for fixed validation images, ``occlusion/<index>``;
+- :class:`InvarianceFigures`: the paper's Fig. 5 curves, ``invariance``.
 
 PNG copies go to ``<log_dir>/figures/``. In a config::
 
@@ -15,6 +17,16 @@ PNG copies go to ``<log_dir>/figures/``. In a config::
 """
 
 from zflight.callbacks.evolution import PAPER_EPOCHS, FeatureEvolution
+from zflight.callbacks.invariance import InvarianceFigures
+from zflight.callbacks.occlusion import OcclusionFigures
 from zflight.callbacks.panels import PAPER_LAYERS, FilterGrid, TopActivationPanels
 
-__all__ = ["FeatureEvolution", "TopActivationPanels", "FilterGrid", "PAPER_EPOCHS", "PAPER_LAYERS"]
+__all__ = [
+    "FeatureEvolution",
+    "TopActivationPanels",
+    "FilterGrid",
+    "OcclusionFigures",
+    "InvarianceFigures",
+    "PAPER_EPOCHS",
+    "PAPER_LAYERS",
+]
