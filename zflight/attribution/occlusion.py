@@ -12,9 +12,12 @@ into exactly that image (when the model's output is the softmax and the window p
 i.e. ``(H - size)`` and ``(W - size)`` are multiples of ``stride``; see ``docs/occlusion.md``).
 
 The work is one forward pass per (image, occluder position), batched over positions. The step
-that scores a batch of occluded images is :func:`_score_occluded`; it is the single place a
-faster exact path (incremental inference, which recomputes only the part of each feature map
-that the square changes) can take over.
+that scores a batch of occluded images is :func:`_score_occluded`; for models whose
+``features`` are a chain of convolutions, pooling and pointwise layers (zfnet, alexnet_zf,
+torchvision AlexNet and VGG) :mod:`zflight.attribution._incremental` replaces it by exact
+incremental inference: only the window of each feature map that the square can change is
+recomputed and spliced into the cached unoccluded maps (``incremental=``, see
+``docs/occlusion-incremental.md``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zflight.attribution._incremental import IncrementalScorer, make_scorer
 from zflight.attribution._layers import preserve_modes, resolve_layer
 
 __all__ = ["OcclusionMaps", "occlusion_maps"]
@@ -60,6 +64,8 @@ class OcclusionMaps:
         stride: step between positions in pixels.
         image_size: ``(H, W)`` of the images.
         layer: the layer's dotted name, or ``None``.
+        method: how the maps were computed: ``"full"`` (one full forward per occluded image),
+            ``"incremental"`` (exact incremental inference) or ``"approximate"``.
     """
 
     prob: torch.Tensor
@@ -74,6 +80,7 @@ class OcclusionMaps:
     stride: int
     image_size: tuple[int, int]
     layer: str | None
+    method: str = "full"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -177,6 +184,8 @@ def occlusion_maps(
     layer: str | nn.Module | None = None,
     batch_size: int = 64,
     progress: bool | None = None,
+    incremental: bool | None = None,
+    approximate: float | None = None,
 ) -> OcclusionMaps:
     """Return the class probability, top class and a feature map's total under a sliding gray square.
 
@@ -189,9 +198,15 @@ def occlusion_maps(
     (as in top-9 mining; the first such map on ties) and ``activation`` its spatially summed
     activation with the square at each position (a 2-D layer output counts as 1×1 maps).
 
-    Every occluded image gets its own full forward pass, in batches of ``batch_size`` (image,
-    position) pairs; the result equals occluding and classifying one position at a time (to
-    float rounding). The model runs in ``eval()`` mode without gradients; every submodule's
+    Every occluded image is scored in batches of ``batch_size`` (image, position) pairs; the
+    result equals occluding and classifying one position at a time (to float rounding). For
+    eligible models (a ``features`` chain of Conv2d / ReLU / MaxPool2d / AvgPool2d / eval
+    BatchNorm2d / LocalResponseNorm / Dropout followed by ``classifier``, optionally through
+    ``avgpool``: zfnet, alexnet_zf, torchvision AlexNet and VGG) the scoring is exact
+    incremental inference: each feature map is recomputed only in the window the square can
+    change and spliced into the cached unoccluded maps, switching to full maps where the window
+    covers them (``docs/occlusion-incremental.md``). Other models get one full forward pass
+    per occluded image. The model runs in ``eval()`` mode without gradients; every submodule's
     ``training`` flag is restored afterwards, and the forward hook on ``layer`` is removed even
     when the forward raises.
 
@@ -208,6 +223,15 @@ def occlusion_maps(
         batch_size: occluded images per forward pass.
         progress: show a tqdm bar; ``None`` shows one when the call runs at least 2048 occluded
             forwards.
+        incremental: ``None`` (default) uses incremental inference when the model is eligible
+            and a cost model expects it to be faster, else full forwards; ``False`` always runs
+            full forwards; ``True`` always runs incremental inference and raises a
+            ``ValueError`` saying why when the model is not eligible.
+        approximate: off (``None``) by default. NOT EXACT: a fraction ``tau`` in ``(0, 1]``
+            caps every recomputed window at ``ceil(tau * map size)`` rows and columns around
+            the change and treats the change outside it as zero (projective field
+            thresholding). Faster, with an error measured in ``docs/occlusion-incremental.md``;
+            needs an eligible model.
 
     Returns:
         An :class:`OcclusionMaps` with ``prob``, ``label``, ``activation`` (``[N, rows, cols]``)
@@ -217,7 +241,9 @@ def occlusion_maps(
         ValueError: a bad argument, named in the message: ``images`` not a 4-D floating batch,
             ``size`` outside ``[1, min(H, W)]``, ``stride < 1``, a target outside the model's
             classes, an unknown ``layer`` or one the forward never reaches, a bad ``fill`` or
-            ``batch_size``, or a model that does not return ``[B, classes]``.
+            ``batch_size``, a model that does not return ``[B, classes]``, a bad
+            ``incremental`` or ``approximate``, or ``incremental=True`` / ``approximate`` on a
+            model that is not eligible for incremental inference.
         TypeError: ``images`` is not a tensor.
 
     Example:
@@ -239,6 +265,17 @@ def occlusion_maps(
     _check_int("batch_size", batch_size, 1)
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"progress must be True, False or None, got {progress!r}")
+    if incremental is not None and not isinstance(incremental, bool):
+        raise ValueError(f"incremental must be True, False or None, got {incremental!r}")
+    if approximate is not None and (
+        isinstance(approximate, bool)
+        or not isinstance(approximate, (int, float))
+        or not 0.0 < approximate <= 1.0
+    ):
+        raise ValueError(f"approximate must be None or a number in (0, 1], got {approximate!r}")
+    if approximate is not None and incremental is False:
+        raise ValueError("approximate needs incremental inference; it cannot be combined with "
+                         "incremental=False")
     fill_t = _fill_tensor(fill, c, images)
     probe = _LayerProbe(model, layer) if layer is not None else None
 
@@ -260,6 +297,15 @@ def occlusion_maps(
         if probe is not None:
             channel = base_acts[:, 0].argmax(dim=1)  # [N]; the first map on ties
             base_act = base_acts[:, 1].gather(1, channel[:, None]).squeeze(1)
+        scorer = make_scorer(
+            model,
+            images,
+            size=size,
+            stride=stride,
+            probe_module=probe.module if probe is not None else None,
+            incremental=incremental,
+            approximate=float(approximate) if approximate is not None else None,
+        )
 
         prob = torch.empty(total, dtype=base_probs.dtype, device=images.device)
         label = torch.empty(total, dtype=torch.int64, device=images.device)
@@ -274,16 +320,22 @@ def occlusion_maps(
                 stop = min(start + batch_size, total)
                 pair = torch.arange(start, stop)
                 which, where = pair // n_pos, top_left[pair % n_pos]
-                probs, acts = _score_occluded(
-                    model,
-                    images,
-                    which.to(images.device),
-                    where,
-                    size=size,
-                    fill=fill_t,
-                    probe=probe,
-                    channels=channel[which.to(images.device)] if channel is not None else None,
-                )
+                chans = channel[which.to(images.device)] if channel is not None else None
+                if scorer is not None:
+                    probs, acts = _score_incremental(
+                        scorer, images, which.to(images.device), where, fill_t, chans
+                    )
+                else:
+                    probs, acts = _score_occluded(
+                        model,
+                        images,
+                        which.to(images.device),
+                        where,
+                        size=size,
+                        fill=fill_t,
+                        probe=probe,
+                        channels=chans,
+                    )
                 prob[start:stop] = probs.gather(1, tgt[which.to(images.device), None]).squeeze(1)
                 label[start:stop] = probs.argmax(dim=1)
                 if activation is not None:
@@ -307,6 +359,7 @@ def occlusion_maps(
         stride=stride,
         image_size=(h, w),
         layer=probe.name if probe is not None else None,
+        method="full" if scorer is None else ("approximate" if approximate else "incremental"),
     )
 
 
@@ -373,13 +426,18 @@ def _forward(
         logits, recorded = model(x), None
     else:
         logits, recorded = probe.run(x, channels)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+    return _softmax(logits, x.shape[0]), recorded
+
+
+def _softmax(logits: Any, batch: int) -> torch.Tensor:
+    """Softmax probabilities ``[B, K]`` of the logits, after checking their shape."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(
             f"model must return class scores [B, classes] for a batch of B images, got {shape}"
         )
     # float32 at least, so that fp16 logits do not make every small change vanish.
-    return torch.softmax(logits.float(), dim=1), recorded
+    return torch.softmax(logits.float(), dim=1)
 
 
 def _score_batches(
@@ -437,6 +495,19 @@ def _score_occluded(
     square = (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)  # [B, 1, H, W]
     x = torch.where(square, fill, x)
     return _forward(model, x, probe, channels)
+
+
+def _score_incremental(
+    scorer: IncrementalScorer,
+    images: torch.Tensor,
+    which: torch.Tensor,
+    top_left: torch.Tensor,
+    fill: torch.Tensor,
+    channels: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_score_occluded` by incremental inference (same arguments, same results)."""
+    logits, acts = scorer.score(images, which, top_left, fill, channels)
+    return _softmax(logits, which.shape[0]), acts
 
 
 # ------------------------------------------------------------------------------- argument checks

@@ -1,0 +1,803 @@
+"""Exact incremental inference for occlusion maps: recompute only what the square changes.
+
+An occluder changes a small square of the image. Through a convolution or pooling layer, a
+changed input interval ``[a, b)`` (per axis) changes only the outputs whose window touches it:
+``o`` in ``[floor((a + P - K) / S) + 1, ceil((b + P) / S))`` for kernel extent ``K`` (dilation
+included), stride ``S`` and padding ``P``. Pointwise layers (ReLU, eval BatchNorm, local response
+normalization across channels, eval Dropout) keep the interval. Following this projective field
+layer by layer gives, per occluder position, the *window* of every feature map that can differ
+from the unoccluded pass; everything outside it is the cached unoccluded activation.
+
+Per layer, for a batch of occluder positions, :class:`IncrementalScorer`
+
+1. gathers each position's input *patch* (the window's receptive field in the layer's input:
+   the window plus a halo of ``K - S`` rows and columns) from the cached unoccluded input,
+   padded once with the layer's own padding value (0 for convolutions, ``-inf`` for max
+   pooling, also beyond the last row where ``ceil_mode`` adds a partial window),
+2. splices the previous layer's recomputed window into it (one ``torch.where``),
+3. runs the layer with zero padding on the patches, which gives exactly the window.
+
+Every step is one indexed operation for the whole batch (``index_select`` over a channels-last
+cache), so the number of kernel launches does not grow with the number of positions: the same
+code serves the CPU and the GPU. All positions share one window size per layer (the largest);
+a window that would leave the map is shifted inside it, which only recomputes a few unchanged
+values.
+
+Once a window covers (nearly) the whole map, windows no longer save anything: from a layer
+``switch`` chosen by a cost model (multiply-adds plus memory traffic, see :meth:`Plan.cost`)
+the window is spliced into a copy of the cached full map and the remaining layers, and the rest
+of the network (``avgpool``/``classifier``), run on full maps, batched.
+
+Eligible models: a ``features`` ``nn.Sequential`` of Conv2d (zero padding) / ReLU /
+MaxPool2d / AvgPool2d / BatchNorm2d (eval, running statistics) / LocalResponseNorm /
+Dropout / Identity, whose output the rest of the model turns into logits as
+``classifier(features(x))`` (zflight's ZFNet) or ``classifier(flatten(avgpool(features(x))))``
+(torchvision AlexNet and VGG). The split is verified on the first image (the model's own output
+must equal the chain's), and models with forward hooks are refused (they would be skipped).
+
+``approximate=tau`` (off by default) caps every window at ``ceil(tau * map size)`` rows and
+columns around the changed region, treating the change outside as negligible (Nakandala et al.,
+SIGMOD 2019, "projective field thresholding"); it is not exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Chain", "IncrementalScorer", "NotEligibleError", "Plan", "analyze", "make_plan", "make_scorer"]
+
+# Cost model weights, in multiply-add equivalents per tensor element (see Plan.cost): moving an
+# element through a gather + splice, through a pointwise layer, or into a full-map copy costs
+# far more than one multiply-add of a convolution, which runs at the arithmetic peak.
+_GATHER_COST = 8.0
+_POINTWISE_COST = 2.0
+_COPY_COST = 4.0
+# incremental=None uses the incremental path only when the cost model expects at least this gain.
+_AUTO_MIN_GAIN = 1.3
+
+
+class NotEligibleError(ValueError):
+    """The model (or the tracked layer) does not fit incremental inference; the message says why."""
+
+
+# ------------------------------------------------------------------------------ chain analysis
+@dataclass(frozen=True)
+class _Op:
+    """One layer of the ``features`` chain, with its geometry per axis (rows, columns)."""
+
+    name: str
+    module: nn.Module
+    kind: str  # "conv", "max", "avg" or "point"
+    extent: tuple[int, int] = (1, 1)  # kernel extent, dilation included
+    stride: tuple[int, int] = (1, 1)
+    pad: tuple[int, int] = (0, 0)
+
+    @property
+    def pad_value(self) -> float:
+        return -math.inf if self.kind == "max" else 0.0
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _lrn_types() -> tuple[type, ...]:
+    from zflight.models import LocalResponseNorm
+
+    return (nn.LocalResponseNorm, LocalResponseNorm)
+
+
+def _op_for(name: str, m: nn.Module) -> _Op:
+    """Translate one ``features`` child; raise :class:`NotEligibleError` for anything else."""
+    t = type(m)
+    where = f"features.{name} ({t.__name__})"
+    if t is nn.Conv2d:
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise NotEligibleError(f"{where} pads with {m.padding!r}/{m.padding_mode!r}; "
+                                   "only explicit zero padding is supported")
+        k, d = _pair(m.kernel_size), _pair(m.dilation)
+        extent = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
+        return _Op(name, m, "conv", extent, _pair(m.stride), _pair(m.padding))
+    if t is nn.MaxPool2d:
+        if m.return_indices:
+            raise NotEligibleError(f"{where} returns indices")
+        k, d = _pair(m.kernel_size), _pair(m.dilation)
+        extent = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
+        stride = _pair(m.stride if m.stride is not None else m.kernel_size)
+        return _Op(name, m, "max", extent, stride, _pair(m.padding))
+    if t is nn.AvgPool2d:
+        k = _pair(m.kernel_size)
+        stride = _pair(m.stride if m.stride is not None else m.kernel_size)
+        return _Op(name, m, "avg", k, stride, _pair(m.padding))
+    if t in (nn.ReLU, nn.Dropout, nn.Dropout2d, nn.Identity) or t in _lrn_types():
+        # LocalResponseNorm mixes channels at one pixel only: spatially pointwise.
+        return _Op(name, m, "point")
+    if t is nn.BatchNorm2d:
+        if m.running_mean is None or m.running_var is None:
+            raise NotEligibleError(f"{where} has no running statistics, so it normalizes with "
+                                   "batch statistics that an occluder changes everywhere")
+        return _Op(name, m, "point")
+    raise NotEligibleError(
+        f"{where} is not one of Conv2d, ReLU, MaxPool2d, AvgPool2d, BatchNorm2d, "
+        "LocalResponseNorm, Dropout, Identity"
+    )
+
+
+@dataclass
+class Chain:
+    """A model split into a ``features`` chain of supported layers and the rest.
+
+    Attributes:
+        model: the model.
+        ops: the chain, in order.
+        rest_modules: modules that the rest of the model consists of.
+        rests: candidate functions features -> logits, tried in order by :meth:`verify`.
+        rest: the candidate that reproduced the model's output (set by :meth:`verify`).
+    """
+
+    model: nn.Module
+    ops: list[_Op]
+    rest_modules: list[nn.Module]
+    rests: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]
+    rest: Callable[[torch.Tensor], torch.Tensor] | None = None
+    rest_macs: int = 0
+    shapes: list[tuple[int, int, int]] = field(default_factory=list)  # (C, H, W) per op input
+
+    def run_full(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Apply ops ``start .. stop-1`` on full maps (never in place)."""
+        for op in self.ops[start:stop]:
+            x = _apply(op, x)
+        return x
+
+    def verify(self, x1: torch.Tensor) -> None:
+        """Check on one image that the model is ``rest(chain(x))``; record shapes and MACs.
+
+        Raises:
+            NotEligibleError: neither split reproduces the model's output.
+        """
+        ref = self.model(x1)
+        if not isinstance(ref, torch.Tensor) or ref.dim() != 2:
+            raise NotEligibleError("the model does not return logits [B, classes]")
+        shapes, x = [], x1
+        for op in self.ops:
+            shapes.append(tuple(x.shape[1:]))
+            x = _apply(op, x)
+        shapes.append(tuple(x.shape[1:]))
+        self.shapes = shapes
+        features = self.model.features(x1)
+        if not _close(x, features):
+            raise NotEligibleError("applying the features layers one by one does not give "
+                                   "model.features(x)")
+        for _, rest in self.rests:
+            macs: list[int] = []
+            handles = [m.register_forward_hook(_count_macs(macs)) for r in self.rest_modules
+                       for m in r.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+            try:
+                out = rest(x)
+            except (RuntimeError, TypeError, ValueError):
+                continue
+            finally:
+                for h in handles:
+                    h.remove()
+            if isinstance(out, torch.Tensor) and out.shape == ref.shape and _close(out, ref):
+                self.rest, self.rest_macs = rest, sum(macs)
+                return
+        raise NotEligibleError(
+            f"the output of {type(self.model).__name__} is neither classifier(features(x)) nor "
+            "classifier(flatten(avgpool(features(x)))), so the part after features is unknown"
+        )
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale + 1e-12))
+
+
+def _count_macs(out: list[int]) -> Callable[..., None]:
+    def hook(m: nn.Module, inp: Any, res: Any) -> None:
+        per_out = m.in_features if isinstance(m, nn.Linear) else (
+            m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+        out.append(res[0].numel() * per_out)
+
+    return hook
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    from torch.nn.modules import module as mm
+
+    if any(getattr(mm, n, None) for n in ("_global_forward_hooks", "_global_forward_pre_hooks")):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def analyze(model: nn.Module) -> Chain:
+    """Split ``model`` into its ``features`` chain and the rest, or say why it cannot be.
+
+    Only the structure is checked here; :meth:`Chain.verify` checks the values on an image.
+
+    Args:
+        model: the classifier.
+
+    Returns:
+        The :class:`Chain` (not yet verified).
+
+    Raises:
+        NotEligibleError: the reason, e.g. no ``features`` ``nn.Sequential`` or an unsupported
+            layer in it.
+    """
+    name = type(model).__name__
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential) or len(features) == 0:
+        raise NotEligibleError(
+            f"{name} has no `features` nn.Sequential: incremental inference needs the layers up "
+            "to the last feature map to be a chain of Conv2d/ReLU/MaxPool2d/AvgPool2d/"
+            "BatchNorm2d/LocalResponseNorm/Dropout (like zfnet, alexnet_zf, AlexNet, VGG)"
+        )
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Module):
+        raise NotEligibleError(f"{name} has `features` but no `classifier` module")
+    if _has_hooks(model):
+        raise NotEligibleError(f"{name} has forward hooks, which incremental inference would skip")
+    ops = [_op_for(n, m) for n, m in features.named_children()]
+    rests: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
+    rest_modules: list[nn.Module] = [classifier]
+    avgpool = getattr(model, "avgpool", None)
+    if isinstance(avgpool, nn.Module):
+        rest_modules.append(avgpool)
+        rests.append(("avgpool", lambda f: classifier(torch.flatten(avgpool(f), 1))))
+    rests.append(("classifier", lambda f: classifier(f)))
+    return Chain(model, ops, rest_modules, rests)
+
+
+def _apply(op: _Op, x: torch.Tensor) -> torch.Tensor:
+    """The layer on a full map, never in place (cached maps must survive)."""
+    if isinstance(op.module, nn.ReLU):
+        return torch.relu(x)
+    return op.module(x)
+
+
+# ------------------------------------------------------------------------------------- planning
+@dataclass
+class _Axis:
+    """Window geometry of one layer along one axis, for every occluder position index ``k``."""
+
+    length: int  # window length in the layer's output
+    start: torch.Tensor  # [K] window start in output coordinates
+    base_idx: torch.Tensor | None = None  # [K, Lin] patch rows in the padded input
+    prev_idx: torch.Tensor | None = None  # [K, Lin] the same rows in the previous window
+    in_prev: torch.Tensor | None = None  # [K, Lin] whether that row lies in the previous window
+    padded_len: int = 0  # length of the padded input map
+    pad_lo: int = 0
+    pad_hi: int = 0
+
+
+def _plan_axis(
+    ops: Sequence[_Op], lens: Sequence[int], axis: int, starts: Sequence[int], size: int,
+    tau: float | None,
+) -> list[_Axis]:
+    """Follow the changed interval of every position through the chain along one axis."""
+    a = list(starts)
+    b = [s + size for s in starts]
+    w, lp = list(starts), size  # the previous window: starts and common length
+    plans = []
+    for i, op in enumerate(ops):
+        n_in, n_out = lens[i], lens[i + 1]
+        if op.kind == "point":
+            plans.append(_Axis(lp, torch.tensor(w)))
+            continue
+        k, s, p = op.extent[axis], op.stride[axis], op.pad[axis]
+        oa = [max(0, (ai + p - k) // s + 1) for ai in a]
+        ob = [min(n_out, (bi + p - 1) // s + 1) for bi in b]
+        length = max(max(y - x for x, y in zip(oa, ob)), 1)
+        if tau is not None:
+            # Approximate: keep at most ceil(tau * n_out) around the middle of the change.
+            length = min(length, max(1, math.ceil(tau * n_out)))
+            mid = [(x + y - length) // 2 for x, y in zip(oa, ob)]
+            start = [min(max(0, m), n_out - length) for m in mid]
+            oa = [max(x, st) for x, st in zip(oa, start)]
+            ob = [min(y, st + length) for y, st in zip(ob, start)]
+        else:
+            # Shift windows that would leave the map back inside; they still cover [oa, ob).
+            start = [min(x, n_out - length) for x in oa]
+        lin = (length - 1) * s + k
+        rel = torch.arange(lin)
+        st = torch.tensor(start)
+        base_idx = st[:, None] * s + rel[None]  # padded coordinates
+        u = base_idx - p  # unpadded input coordinates
+        wt = torch.tensor(w)[:, None]
+        in_prev = (u >= wt) & (u < wt + lp)
+        prev_idx = (u - wt).clamp(0, lp - 1)
+        pad_hi = max(0, (n_out - 1) * s + k - p - n_in)
+        plans.append(_Axis(length, st, base_idx, prev_idx, in_prev, p + n_in + pad_hi, p, pad_hi))
+        a, b, w, lp = oa, ob, start, length
+    return plans
+
+
+@dataclass
+class _AxisClass:
+    """Positions along one axis whose windows have one length per layer, and that geometry."""
+
+    positions: list[int]  # position indices k (top-left pixel k * stride)
+    layers: list[_Axis]  # per op, for these positions in this order
+
+
+@dataclass
+class _AxisPlan:
+    """All positions along one axis, in classes of equal window lengths."""
+
+    classes: list[_AxisClass]
+    class_of: torch.Tensor  # [K] the class of each position
+    local: torch.Tensor  # [K] each position's row in its class's tables
+
+    def expected(self, i: int) -> tuple[float, float]:
+        """Mean window length and mean patch length of op ``i`` over all positions."""
+        k = sum(len(c.positions) for c in self.classes)
+        length = sum(len(c.positions) * c.layers[i].length for c in self.classes) / k
+        lin = sum(
+            len(c.positions) * (c.layers[i].base_idx.shape[1] if c.layers[i].base_idx is not None
+                                else c.layers[i].length)
+            for c in self.classes
+        ) / k
+        return length, lin
+
+
+def _plan_axis_classes(
+    ops: Sequence[_Op], lens: Sequence[int], axis: int, starts: Sequence[int], size: int,
+    tau: float | None, exact: bool,
+) -> _AxisPlan:
+    """Plan one axis: one class for all positions, or (``exact``) one per window-length profile.
+
+    With one class every window has the largest length, so a batch runs as one set of tensor
+    operations (what a GPU wants). With exact classes, positions near the borders, whose
+    changed region the border clips, get their own shorter windows: fewer multiply-adds, one
+    set of operations per class (cheap on a CPU).
+    """
+    starts = list(starts)
+    if exact:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, s in enumerate(starts):
+            profile = tuple(a.length for a in _plan_axis(ops, lens, axis, [s], size, tau))
+            groups.setdefault(profile, []).append(k)
+        members = list(groups.values())
+    else:
+        members = [list(range(len(starts)))]
+    class_of = torch.empty(len(starts), dtype=torch.int64)
+    local = torch.empty(len(starts), dtype=torch.int64)
+    classes = []
+    for ci, ks in enumerate(members):
+        class_of[ks] = ci
+        local[ks] = torch.arange(len(ks))
+        classes.append(_AxisClass(ks, _plan_axis(ops, lens, axis, [starts[k] for k in ks],
+                                                 size, tau)))
+    return _AxisPlan(classes, class_of, local)
+
+
+@dataclass
+class Plan:
+    """Windows of every layer for every position, the switch to full maps, and their costs.
+
+    Attributes:
+        rows, cols: the window geometry along each axis.
+        switch: index of the first op run on full maps (``len(ops)``: only the rest).
+        exact_windows: positions are grouped into classes of equal window lengths (else every
+            window has the largest length).
+        macs_full: multiply-adds (convolutions and linear layers) of one full forward.
+        macs_incremental: mean multiply-adds of one occluded image with this plan.
+        cost_full, cost_incremental: the cost model's estimates per occluded image.
+    """
+
+    rows: _AxisPlan
+    cols: _AxisPlan
+    switch: int
+    exact_windows: bool
+    macs_full: int
+    macs_incremental: int
+    cost_full: float
+    cost_incremental: float
+
+    @property
+    def expected_gain(self) -> float:
+        """Estimated speed-up of the incremental path over full forwards (the cost model)."""
+        return self.cost_full / max(self.cost_incremental, 1.0)
+
+
+def _layer_costs(
+    chain: Chain, rows: _AxisPlan, cols: _AxisPlan
+) -> list[tuple[float, float, float, int]]:
+    """Per op: (windowed cost, full cost, windowed MACs, full MACs), mean per occluded image."""
+    out = []
+    for i, op in enumerate(chain.ops):
+        c_in = chain.shapes[i][0]
+        c_out, h_out, w_out = chain.shapes[i + 1]
+        (lh, lin_h), (lw, lin_w) = rows.expected(i), cols.expected(i)
+        if op.kind == "point":
+            out.append((_POINTWISE_COST * c_out * lh * lw, _POINTWISE_COST * c_out * h_out * w_out,
+                        0.0, 0))
+            continue
+        if op.kind == "conv":
+            kh, kw = _pair(op.module.kernel_size)
+            per = c_in // op.module.groups * kh * kw
+        else:
+            # A comparison or addition per kernel element, cheaper than a multiply-add.
+            per = op.extent[0] * op.extent[1] / 4
+        gather = _GATHER_COST * c_in * lin_h * lin_w
+        win, full = c_out * lh * lw * per, c_out * h_out * w_out * per
+        conv = op.kind == "conv"
+        out.append((win + gather, full, win if conv else 0.0, int(full) if conv else 0))
+    return out
+
+
+def make_plan(
+    chain: Chain, image_size: tuple[int, int], size: int, stride: int, tau: float | None,
+    exact_windows: bool = True,
+) -> Plan:
+    """Plan the windows for squares of side ``size`` at ``0, stride, ...`` (see module doc).
+
+    Args:
+        chain: the verified chain.
+        image_size: ``(H, W)``.
+        size: side of the square.
+        stride: step between positions.
+        tau: the approximate mode's cap (fraction of the map), or ``None`` (exact).
+        exact_windows: classes of equal window lengths (else one window length per layer).
+
+    Returns:
+        The plan, with the switch to full maps that the cost model finds cheapest.
+    """
+    h, w = image_size
+    hs = [s[1] for s in chain.shapes]
+    ws = [s[2] for s in chain.shapes]
+    rows = _plan_axis_classes(chain.ops, hs, 0, range(0, h - size + 1, stride), size, tau,
+                              exact_windows)
+    cols = _plan_axis_classes(chain.ops, ws, 1, range(0, w - size + 1, stride), size, tau,
+                              exact_windows)
+    costs = _layer_costs(chain, rows, cols)
+    n = len(chain.ops)
+    rest = float(chain.rest_macs)
+    full = sum(c[1] for c in costs) + rest
+    best, best_j = math.inf, 0
+    for j in range(n + 1):
+        # Windows before j, a copy of the full map at j, full maps from j on.
+        c, hh, ww = chain.shapes[j]
+        total = sum(x[0] for x in costs[:j]) + _COPY_COST * c * hh * ww
+        total += sum(x[1] for x in costs[j:]) + rest
+        if total < best:
+            best, best_j = total, j
+    macs_full = sum(c[3] for c in costs) + chain.rest_macs
+    macs_inc = sum(c[2] for c in costs[:best_j]) + sum(c[3] for c in costs[best_j:])
+    return Plan(rows, cols, best_j, exact_windows, macs_full,
+                int(round(macs_inc)) + chain.rest_macs, full, best)
+
+
+# -------------------------------------------------------------------------------------- scoring
+@dataclass
+class _Cache:
+    """Unoccluded activations of some images, channels-last, for the windowed layers."""
+
+    images: list[int]
+    local: torch.Tensor  # [N] global image index -> row in this cache (-1: absent)
+    padded: dict[int, torch.Tensor]  # op index -> [m * Hp * Wp, C] padded input
+    switch_in: torch.Tensor  # [m, H, W, C] input of the first full op (or features output)
+    probe_out: torch.Tensor | None = None  # [m, H, W, C] output of the probed windowed op
+    probe_sum: torch.Tensor | None = None  # [m, C] its spatial sums
+
+
+class IncrementalScorer:
+    """Scores batches of occluded images like full forward passes, recomputing only windows.
+
+    Args:
+        chain: the verified chain (see :func:`analyze`, :meth:`Chain.verify`).
+        plan: the windows (see :func:`make_plan`).
+        stride: step between square positions (positions are ``top_left // stride``).
+        size: side of the square.
+        probe_module: the module whose map is summed, or ``None``.
+        device: where the images are.
+    """
+
+    def __init__(
+        self, chain: Chain, plan: Plan, *, size: int, stride: int,
+        probe_module: nn.Module | None, device: torch.device,
+    ) -> None:
+        self.chain, self.plan, self.size, self.stride = chain, plan, size, stride
+        self.ops = chain.ops
+        self.switch = plan.switch
+        for axis in (plan.rows, plan.cols):
+            axis.class_of, axis.local = axis.class_of.to(device), axis.local.to(device)
+            for cls in axis.classes:
+                for ax in cls.layers:
+                    for name in ("start", "base_idx", "prev_idx", "in_prev"):
+                        t = getattr(ax, name)
+                        if t is not None:
+                            setattr(ax, name, t.to(device))
+        self._n_col_classes = len(plan.cols.classes)
+        self.probe_module = probe_module
+        # Where the probed map comes from: an op of the chain (its first call), or the rest.
+        self.probe_op: int | None = None
+        if probe_module is not None:
+            if probe_module is chain.model.features:
+                self.probe_op = len(self.ops) - 1
+            else:
+                for i, op in enumerate(self.ops):
+                    if op.module is probe_module:
+                        self.probe_op = i
+                        break
+            if self.probe_op is None and not any(
+                probe_module is m for r in chain.rest_modules for m in r.modules()
+            ):
+                raise NotEligibleError(
+                    f"the tracked layer ({type(probe_module).__name__}) is neither in "
+                    "model.features nor after it"
+                )
+        self._cache: _Cache | None = None
+        self._avg_div: dict[int, torch.Tensor] = {}
+
+    # -- the unoccluded activations -------------------------------------------------------------
+    def _build_cache(self, images: torch.Tensor, needed: list[int]) -> _Cache:
+        x = images[needed]
+        local = torch.full((images.shape[0],), -1, dtype=torch.int64, device=images.device)
+        local[torch.tensor(needed, device=images.device)] = torch.arange(
+            len(needed), device=images.device)
+        padded: dict[int, torch.Tensor] = {}
+        probe_out = probe_sum = None
+        for i, op in enumerate(self.ops[: self.switch]):
+            if op.kind != "point":
+                r, c = self.plan.rows.classes[0].layers[i], self.plan.cols.classes[0].layers[i]
+                xp = F.pad(x, (c.pad_lo, c.pad_hi, r.pad_lo, r.pad_hi), value=op.pad_value)
+                xp = xp[:, :, : r.padded_len, : c.padded_len]
+                padded[i] = xp.permute(0, 2, 3, 1).contiguous().reshape(-1, x.shape[1])
+            x = _apply(op, x)
+            if i == self.probe_op:
+                probe_out = x.permute(0, 2, 3, 1).contiguous()
+                probe_sum = x.sum(dim=(2, 3))
+        return _Cache(needed, local, padded, x.permute(0, 2, 3, 1).contiguous(),
+                      probe_out, probe_sum)
+
+    def _avg_divisor(self, i: int, like: torch.Tensor) -> torch.Tensor:
+        """``[H_out, W_out]`` the count an AvgPool2d divides each output's sum by."""
+        if i not in self._avg_div:
+            op = self.ops[i]
+            m = op.module
+            _, h, w = self.chain.shapes[i]
+            ones = torch.ones(1, 1, h, w, dtype=torch.float64, device=like.device)
+            if m.divisor_override:
+                div = torch.full_like(m(ones), float(m.divisor_override))
+            else:
+                r, c = self.plan.rows.classes[0].layers[i], self.plan.cols.classes[0].layers[i]
+                sums = F.avg_pool2d(F.pad(ones, (c.pad_lo, c.pad_hi, r.pad_lo, r.pad_hi)),
+                                    m.kernel_size, op.stride, 0, divisor_override=1)
+                sums = sums[..., : m(ones).shape[-2], : m(ones).shape[-1]]
+                div = (sums / m(ones)).round()
+            self._avg_div[i] = div[0, 0].to(like.dtype)
+        return self._avg_div[i]
+
+    # -- one batch ------------------------------------------------------------------------------
+    def score(
+        self,
+        images: torch.Tensor,
+        which: torch.Tensor,
+        top_left: torch.Tensor,
+        fill: torch.Tensor,
+        channels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(logits [B, K], activation [B] or None)`` for a batch of occluded images.
+
+        Args:
+            images: ``[N, C, H, W]`` all unoccluded images.
+            which: ``[B]`` image index per sample (on the images' device).
+            top_left: ``[B, 2]`` pixel row and column of each square (multiples of ``stride``).
+            fill: ``[C, 1, 1]`` the square's value per channel.
+            channels: ``[B]`` the probed feature map per sample (with a probe).
+
+        Returns:
+            The logits and, with a probe, the summed activation of ``channels[b]``.
+        """
+        dev = images.device
+        needed = sorted(set(which.tolist()))
+        if self._cache is None or not set(needed) <= set(self._cache.images):
+            self._cache = None  # free the old one first
+            self._cache = self._build_cache(images, needed)
+        cache = self._cache
+        img = cache.local[which]
+        bsz = which.shape[0]
+        tl = top_left.to(dev)
+        rk, ck = tl[:, 0] // self.stride, tl[:, 1] // self.stride
+        act = None
+        if self.probe_op is not None and self.probe_op < self.switch:
+            act = torch.empty(bsz, dtype=images.dtype, device=dev)
+        full = cache.switch_in.index_select(0, img)  # [B, H, W, C]
+        if self.switch == 0:
+            # Nothing windowed: the occluded image itself.
+            rows = tl[:, :1] + torch.arange(self.size, device=dev)
+            cols = tl[:, 1:] + torch.arange(self.size, device=dev)
+            b = torch.arange(bsz, device=dev)
+            full[b[:, None, None], rows[:, :, None], cols[:, None, :]] = fill.view(-1).to(full)
+        else:
+            rc, cc = self.plan.rows.class_of[rk], self.plan.cols.class_of[ck]
+            if len(self.plan.rows.classes) == 1 and self._n_col_classes == 1:
+                groups = [(0, 0, torch.arange(bsz, device=dev))]  # no sync, fixed launches
+            else:
+                key = rc * self._n_col_classes + cc
+                groups = [
+                    (g // self._n_col_classes, g % self._n_col_classes,
+                     torch.nonzero(key == g).squeeze(1))
+                    for g in torch.unique(key).tolist()
+                ]
+            for r_cls, c_cls, sel in groups:
+                self._windows(cache, img[sel], rk[sel], ck[sel], r_cls, c_cls, sel, fill, full,
+                              channels[sel] if act is not None else None, act)
+        x = full.permute(0, 3, 1, 2)
+        b = torch.arange(bsz, device=dev)
+        for i in range(self.switch, len(self.ops)):
+            x = _apply(self.ops[i], x)
+            if i == self.probe_op:
+                act = x[b, channels].sum(dim=(1, 2))
+        if self.probe_module is not None and self.probe_op is None:
+            logits, act = self._rest_with_probe(x, channels)
+        else:
+            logits = self.chain.rest(x)
+        return logits, act
+
+    def _windows(
+        self, cache: _Cache, img: torch.Tensor, rk: torch.Tensor, ck: torch.Tensor,
+        r_cls: int, c_cls: int, sel: torch.Tensor, fill: torch.Tensor, full: torch.Tensor,
+        channels: torch.Tensor | None, act: torch.Tensor | None,
+    ) -> None:
+        """Run the windowed ops for one class of positions; splice into ``full[sel]``."""
+        dev = img.device
+        rows_cls, cols_cls = self.plan.rows.classes[r_cls], self.plan.cols.classes[c_cls]
+        lr, lc = self.plan.rows.local[rk], self.plan.cols.local[ck]
+        bsz = img.shape[0]
+        b = torch.arange(bsz, device=dev)
+        c_img = fill.shape[0]
+        # The square itself is the first window: fill, at the square's place.
+        prev = fill.view(1, 1, 1, c_img).expand(bsz, self.size, self.size, c_img).contiguous()
+        ra = ca = None
+        for i, op in enumerate(self.ops[: self.switch]):
+            ra, ca = rows_cls.layers[i], cols_cls.layers[i]
+            if op.kind == "point":
+                out = _apply(op, prev.permute(0, 3, 1, 2))
+            else:
+                out = self._window(i, op, ra, ca, cache, img, prev, lr, lc, b)
+            prev = out.permute(0, 2, 3, 1).contiguous()
+            if i == self.probe_op:
+                rows = ra.start[lr][:, None] + torch.arange(ra.length, device=dev)
+                cols = ca.start[lc][:, None] + torch.arange(ca.length, device=dev)
+                base = cache.probe_out[img[:, None, None], rows[:, :, None], cols[:, None, :],
+                                       channels[:, None, None]]
+                new = prev[b, :, :, channels]
+                act[sel] = cache.probe_sum[img, channels] + (new - base).sum(dim=(1, 2))
+        # Splice the last window into the cached full map.
+        rows = ra.start[lr][:, None] + torch.arange(ra.length, device=dev)
+        cols = ca.start[lc][:, None] + torch.arange(ca.length, device=dev)
+        full[sel[:, None, None], rows[:, :, None], cols[:, None, :]] = prev
+
+    def _window(
+        self, i: int, op: _Op, ra: _Axis, ca: _Axis, cache: _Cache, img: torch.Tensor,
+        prev: torch.Tensor, lr: torch.Tensor, lc: torch.Tensor, b: torch.Tensor,
+    ) -> torch.Tensor:
+        """Recompute op ``i``'s output window for every sample: gather, splice, run."""
+        base_r, base_c = ra.base_idx[lr], ca.base_idx[lc]  # [B, Lin]
+        lin_h, lin_w = base_r.shape[1], base_c.shape[1]
+        bsz, lp_h, lp_w, c = prev.shape
+        flat = (img[:, None, None] * ra.padded_len + base_r[:, :, None]) * ca.padded_len
+        flat = flat + base_c[:, None, :]
+        patch = cache.padded[i].index_select(0, flat.reshape(-1)).view(bsz, lin_h, lin_w, c)
+        pflat = (b[:, None, None] * lp_h + ra.prev_idx[lr][:, :, None]) * lp_w
+        pflat = pflat + ca.prev_idx[lc][:, None, :]
+        spliced = prev.reshape(-1, c).index_select(0, pflat.reshape(-1)).view(bsz, lin_h, lin_w, c)
+        inside = (ra.in_prev[lr][:, :, None] & ca.in_prev[lc][:, None, :]).unsqueeze(-1)
+        patch = torch.where(inside, spliced, patch).permute(0, 3, 1, 2)
+        m = op.module
+        if op.kind == "conv":
+            return F.conv2d(patch, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+        if op.kind == "max":
+            return F.max_pool2d(patch, m.kernel_size, op.stride, 0, m.dilation)
+        sums = F.avg_pool2d(patch, m.kernel_size, op.stride, 0, divisor_override=1)
+        div = self._avg_divisor(i, sums)
+        rows = ra.start[lr][:, None] + torch.arange(ra.length, device=patch.device)
+        cols = ca.start[lc][:, None] + torch.arange(ca.length, device=patch.device)
+        return sums / div[rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+
+    def _rest_with_probe(
+        self, x: torch.Tensor, channels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+            if captured:
+                return
+            flat = out.detach().reshape(out.shape[0], out.shape[1], -1)
+            rows = torch.arange(out.shape[0], device=out.device)
+            captured.append(flat[rows, channels].sum(dim=1))
+
+        handle = self.probe_module.register_forward_hook(hook)
+        try:
+            logits = self.chain.rest(x)
+        finally:
+            handle.remove()
+        if not captured:
+            raise NotEligibleError("the tracked layer was not called after features")
+        return logits, captured[0]
+
+
+# ------------------------------------------------------------------------------------ choosing
+def _default_windows(device: torch.device) -> str:
+    """``"fixed"`` on a GPU (kernel launches must not grow with positions), else ``"exact"``."""
+    return "exact" if device.type == "cpu" else "fixed"
+
+
+def make_scorer(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    size: int,
+    stride: int,
+    probe_module: nn.Module | None,
+    incremental: bool | None,
+    approximate: float | None,
+    windows: str | None = None,
+) -> IncrementalScorer | None:
+    """Return an :class:`IncrementalScorer`, or ``None`` for plain full forwards.
+
+    Call in eval mode under ``no_grad``.
+
+    Args:
+        model: the classifier.
+        images: ``[N, C, H, W]`` the unoccluded images (the first one verifies the split).
+        size: side of the square.
+        stride: step between positions.
+        probe_module: the tracked layer's module, or ``None``.
+        incremental: ``None`` (automatic: when eligible and the cost model expects a gain),
+            ``True`` (always; raise when not eligible) or ``False`` (never).
+        approximate: ``tau`` in ``(0, 1]`` caps windows (not exact); needs eligibility.
+        windows: ``"exact"`` (classes of equal window lengths: fewest multiply-adds, a few sets
+            of operations per batch), ``"fixed"`` (one window length per layer: one set of
+            operations per batch, whatever the number of positions) or ``None``: ``"fixed"`` on
+            a GPU, ``"exact"`` elsewhere.
+
+    Returns:
+        The scorer, or ``None``.
+
+    Raises:
+        ValueError: ``incremental=True`` or ``approximate`` on a model that is not eligible
+            (the message says why), or ``approximate`` with ``incremental=False``.
+    """
+    if incremental is False:
+        if approximate is not None:
+            raise ValueError("approximate needs the incremental path; it cannot be combined "
+                             "with incremental=False")
+        return None
+    if windows not in (None, "exact", "fixed"):
+        raise ValueError(f"windows must be 'exact', 'fixed' or None, got {windows!r}")
+    forced = incremental is True or approximate is not None
+    try:
+        chain = analyze(model)
+        chain.verify(images[:1])
+        if windows is None:
+            windows = _default_windows(images.device)
+        plan = make_plan(chain, tuple(images.shape[-2:]), size, stride, approximate,
+                         exact_windows=windows == "exact")
+        scorer = IncrementalScorer(chain, plan, size=size, stride=stride,
+                                   probe_module=probe_module, device=images.device)
+    except NotEligibleError as err:
+        if forced:
+            why = "incremental=True" if incremental else f"approximate={approximate}"
+            fix = ("leave approximate out" if approximate is not None
+                   else "pass incremental=None (automatic) or False")
+            raise ValueError(
+                f"{why}: {type(model).__name__} is not eligible for incremental occlusion: "
+                f"{err}. For full forward passes, {fix}."
+            ) from None
+        return None
+    if not forced and plan.expected_gain < _AUTO_MIN_GAIN:
+        return None
+    return scorer
