@@ -1,44 +1,80 @@
 """zflight: train ZFNet with PyTorch Lightning and see what every layer learned.
 
-Public names, by the way data flows: data → models → LightningModule → callbacks → figures,
-with the attribution tools (plain PyTorch + Captum, no Lightning) beside them.
+Public names, in the order data flows: data → models → LightningModule → callbacks, with the
+attribution tools (plain PyTorch + Captum, no Lightning) beside them.
+
+Example:
+    >>> import torch, zflight
+    >>> model = zflight.zfnet(num_classes=10, width=0.25, image_size=64).eval()
+    >>> zflight.DeconvNet(model).project(torch.randn(2, 3, 64, 64), layer="conv5", channels=0).shape
+    torch.Size([2, 3, 64, 64])
 """
 
-from zflight.attribution import DeconvNet
-from zflight.attribution import OcclusionMaps, occlusion_maps
-from zflight.attribution import ReceptiveField, TopActivations, receptive_field, top_activations
-from zflight.attribution import InvarianceCurves, invariance_curves
-from zflight.attribution import Correspondence, correspondence
-from zflight.attribution import ArchitectureReport, architecture_report
-from zflight.callbacks import FeatureEvolution, FilterGrid, TopActivationPanels
-from zflight.data import ImageFolderDataModule, ShapesDataModule, ShapesDataset
+from zflight.attribution import (
+    ArchitectureReport,
+    Correspondence,
+    DeconvNet,
+    InvarianceCurves,
+    OcclusionMaps,
+    ReceptiveField,
+    TopActivations,
+    architecture_report,
+    correspondence,
+    invariance_curves,
+    occlusion_maps,
+    receptive_field,
+    top_activations,
+)
+from zflight.callbacks import (
+    FeatureEvolution,
+    FilterGrid,
+    InvarianceFigures,
+    OcclusionFigures,
+    TopActivationPanels,
+)
+from zflight.data import (
+    ImageFolderDataModule,
+    PackedImageNetDataModule,
+    ShapesDataModule,
+    ShapesDataset,
+)
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
+from zflight.module import ImageClassifier
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DeconvNet",
-    "ImageFolderDataModule",
-    "OcclusionMaps",
-    "ShapesDataModule",
+    # data
     "ShapesDataset",
+    "ShapesDataModule",
+    "ImageFolderDataModule",
+    "PackedImageNetDataModule",
+    # models
     "ZFNet",
+    "zfnet",
     "alexnet_zf",
     "build_model",
-    "occlusion_maps",
     "renormalize_filters",
-    "zfnet",
-    "ReceptiveField",
+    # training
+    "ImageClassifier",
+    # callbacks
+    "FeatureEvolution",
+    "TopActivationPanels",
+    "FilterGrid",
+    "OcclusionFigures",
+    "InvarianceFigures",
+    # attribution
+    "DeconvNet",
+    "top_activations",
     "TopActivations",
     "receptive_field",
-    "top_activations",
-    "FeatureEvolution",
-    "FilterGrid",
-    "TopActivationPanels",
-    "ArchitectureReport",
-    "Correspondence",
+    "ReceptiveField",
+    "occlusion_maps",
+    "OcclusionMaps",
+    "invariance_curves",
     "InvarianceCurves",
     "architecture_report",
+    "ArchitectureReport",
     "correspondence",
-    "invariance_curves",
+    "Correspondence",
 ]
