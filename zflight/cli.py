@@ -133,5 +133,5 @@ def main(args: ArgsType = None) -> Any:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
-        args=argv,
+        args=args,  # None: LightningCLI reads sys.argv itself (and does not warn)
     )
