@@ -25,7 +25,6 @@ line.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import shutil
@@ -161,31 +160,12 @@ def _run(args: argparse.Namespace) -> Path:
 
 
 def _load_model(path: Path) -> torch.nn.Module:
-    from zflight.module import ImageClassifier
+    from zflight.checkpoint import load_classifier
 
-    if not path.is_file():
-        raise _InputError(f"--ckpt_path {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which file, not a pickle trace
-        raise _InputError(f"--ckpt_path {path} cannot be read as a checkpoint: {err}") from None
-    if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-        raise _InputError(
-            f"--ckpt_path {path} has no hyper_parameters/state_dict: is it a checkpoint written by "
-            "`python -m zflight fit`?"
-        )
-    # LightningCLI adds its own entries (``_instantiator``, ``_class_path``): keep the
-    # constructor's arguments only.
-    accepted = inspect.signature(ImageClassifier.__init__).parameters
-    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in accepted}
-    # The weights come from the checkpoint; never download pretrained ones to overwrite them.
-    hparams["weights"] = None
-    try:
-        module = ImageClassifier(**hparams)
-        module.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise _InputError(f"--ckpt_path {path}: cannot rebuild the model: {err}") from None
-    return module.model
+        return load_classifier(path).model
+    except (FileNotFoundError, ValueError) as err:
+        raise _InputError(f"--ckpt_path: {err}") from None
 
 
 def _load_dataset(config: Path, split: str) -> Any:

@@ -169,8 +169,8 @@ def example_strip(image: torch.Tensor, transform: str, amounts: Sequence[float],
 def load_classifier(ckpt_path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Load a zflight checkpoint: ``(network in eval mode, model hparams, data-module hparams)``.
 
-    The network is ``ImageClassifier.model`` (zfnet, alexnet_zf or a torchvision model), rebuilt
-    from the checkpoint's hyperparameters and loaded with ``torch.load(weights_only=True)``.
+    The network is ``ImageClassifier.model`` (zfnet, alexnet_zf or a torchvision model), from
+    :func:`zflight.checkpoint.read_checkpoint`.
 
     Args:
         ckpt_path: a ``.ckpt`` written by ``python -m zflight fit``.
@@ -184,26 +184,14 @@ def load_classifier(ckpt_path: str | os.PathLike) -> tuple[nn.Module, dict[str, 
     Example:
         >>> model, hp, data_hp = load_classifier("runs/quickstart/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
     """
-    from zflight.module import ImageClassifier
+    from zflight.checkpoint import read_checkpoint
 
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise AnalysisError(f"--ckpt_path: no such file: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets one line
-        raise AnalysisError(f"--ckpt_path: {path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise AnalysisError(f"--ckpt_path: {path} is not a zflight checkpoint (no state_dict/hyper_parameters)")
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
-    try:
-        module = ImageClassifier(**hparams)
-        module.load_state_dict(ckpt["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise AnalysisError(f"--ckpt_path: {path} does not match zflight's ImageClassifier: {err}") from None
-    model = module.model.eval()
-    data_hp = {k: v for k, v in dict(ckpt.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
-    return model, hparams, data_hp
+        module, data_hp = read_checkpoint(ckpt_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise AnalysisError(f"--ckpt_path: {err}") from None
+    data_hp = {k: v for k, v in data_hp.items() if not k.startswith("_")}
+    return module.model.eval(), dict(module.hparams), data_hp
 
 
 def embedded_dataset(hparams: dict[str, Any], data_hp: dict[str, Any], split: str = "val") -> Any:

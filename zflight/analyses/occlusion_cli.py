@@ -22,7 +22,6 @@ that fails leaves nothing that looks like a result. Bad input ends with one ``er
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
@@ -83,37 +82,16 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     Example:
         >>> module, dm = load_checkpoint("runs/quickstart/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
     """
-    from zflight.module import ImageClassifier
+    from zflight.checkpoint import read_checkpoint, rebuild_datamodule
 
-    path = Path(path)
-    if not path.is_file():
-        raise CLIError(f"--ckpt_path: no such file: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means the same thing to the user
-        raise CLIError(f"--ckpt_path: cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CLIError(f"--ckpt_path: {path} is not a zflight checkpoint (no state_dict/hyper_parameters)")
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
-    try:
-        module = ImageClassifier(**hparams)
-        module.load_state_dict(ckpt["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise CLIError(f"--ckpt_path: cannot rebuild the model of {path}: {err}") from None
+        module, dm_hparams = read_checkpoint(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(f"--ckpt_path: {err}") from None
     module.to(device).eval()
 
-    dm_hparams = ckpt.get("datamodule_hyper_parameters")
-    datamodule = None
     try:
-        if dm_hparams:
-            class_path = dm_hparams.get("_class_path", "zflight.data.ShapesDataModule")
-            module_name, _, class_name = class_path.rpartition(".")
-            cls = getattr(importlib.import_module(module_name), class_name)
-            datamodule = cls(**{k: v for k, v in dm_hparams.items() if not k.startswith("_")})
-        else:
-            from zflight.data import ShapesDataModule
-
-            datamodule = ShapesDataModule(image_size=int(hparams.get("image_size", 64)))
+        datamodule = rebuild_datamodule(dm_hparams, int(module.hparams.get("image_size", 64)))
     except (ImportError, AttributeError, TypeError, ValueError, OSError):
         datamodule = None  # only data set indices need it; image files can do without
     return module, datamodule
