@@ -1,5 +1,8 @@
 """Tensors to pictures: the paper's projection display, Fig. 2 panels, Fig. 4 grids, filter grids.
 
+Also the two writers every figure goes through: :func:`save_png` (a tensor image) and
+:func:`save_figure` (a matplotlib figure), and :func:`figure_to_tensor` for ``add_image``.
+
 Nothing here runs a model. Every builder takes tensors and returns one float ``[3, H, W]``
 image in [0, 1], which is what ``SummaryWriter.add_image(tag, image, step)`` takes (CHW) and
 what :func:`save_png` writes.
@@ -17,7 +20,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +36,8 @@ __all__ = [
     "filter_grid",
     "to_uint8",
     "save_png",
+    "save_figure",
+    "figure_to_tensor",
 ]
 
 # Gaps, in pixels: between tiles of one 3×3 block, between the projection block and the patch
@@ -243,14 +250,46 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
         raise ValueError(f"image must be [3, H, W], [1, H, W] or [H, W], got {tuple(image.shape)}")
     pixels = image if image.dtype == torch.uint8 else to_uint8(image)
     array = pixels.permute(1, 2, 0).cpu().numpy() if pixels.dim() == 3 else pixels.cpu().numpy()
+    return _write_then_rename(path, lambda tmp: Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG"))
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as a PNG file (parent folder created; written, then renamed).
+
+    Example:
+        >>> save_figure(fig, "out/occlusion.png")  # doctest: +SKIP
+        PosixPath('out/occlusion.png')
+    """
+    return _write_then_rename(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+
+
+def figure_to_tensor(fig: Any) -> torch.Tensor:
+    """Render a matplotlib figure as a float ``[3, H, W]`` image in [0, 1] (for ``add_image``).
+
+    Example:
+        >>> writer.add_image("occlusion/0", figure_to_tensor(fig), step)  # doctest: +SKIP
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0
+
+
+# ------------------------------------------------------------------------------------ internals
+def _write_then_rename(path: Path, write: Callable[[Path], object]) -> Path:
+    """Create ``path``'s folder, ``write`` a temporary file beside it, rename it to ``path``.
+
+    A reader (TensorBoard, a browser) never sees half a file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+    write(tmp)
     os.replace(tmp, path)
     return path
 
 
-# ------------------------------------------------------------------------------------ internals
 def _check_positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")

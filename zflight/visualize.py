@@ -25,22 +25,16 @@ line.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zflight.analyses._common import AnalysisError, check_out, output_dir, read_ckpt, run_cli, write_json
+
 __all__ = ["main"]
-
-
-class _InputError(Exception):
-    """Bad input: shown as one ``error:`` line."""
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -60,13 +54,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         ...       "--out", "panels"])  # doctest: +SKIP
         PosixPath('panels')
     """
-    parser = _parser()
-    args = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
-    try:
-        return _run(args)
-    except _InputError as err:
-        parser.error(str(err))
-        raise  # unreachable: parser.error exits
+    return run_cli(_parser(), sys.argv[2:] if argv is None else argv, _run, catch=(AnalysisError,), usage=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,12 +88,10 @@ def _run(args: argparse.Namespace) -> Path:
 
     for name in ("k", "maps", "batch_size", "tile", "maps_per_row"):
         if getattr(args, name) < 1:
-            raise _InputError(f"--{name} must be >= 1, got {getattr(args, name)}")
+            raise AnalysisError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.max_images is not None and args.max_images < 1:
-        raise _InputError(f"--max_images must be >= 1, got {args.max_images}")
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise _InputError(f"--out {out} already exists; pass --overwrite to replace it")
+        raise AnalysisError(f"--max_images must be >= 1, got {args.max_images}")
+    out = check_out(args.out, args.overwrite)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     model = _load_model(Path(args.ckpt_path)).to(device).eval()
@@ -117,12 +103,9 @@ def _run(args: argparse.Namespace) -> Path:
         try:
             resolve_layer(model, name)
         except ValueError as err:
-            raise _InputError(f"--layers: {err}") from None
+            raise AnalysisError(f"--layers: {err}") from None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with output_dir(out, overwrite=args.overwrite) as tmp:
         report: dict[str, Any] = {
             "ckpt_path": str(args.ckpt_path), "config": str(args.config), "split": args.split,
             "images": len(dataset), "k": args.k, "seed": args.seed, "layers": {},
@@ -150,22 +133,13 @@ def _run(args: argparse.Namespace) -> Path:
         first = dict(model.named_modules()).get("features.conv1")
         if isinstance(first, torch.nn.Conv2d) and first.weight.shape[1] in (1, 3):
             save_png(filter_grid(first.weight.detach()), tmp / "filters_conv1.png")
-        (tmp / "top_activations.json").write_text(json.dumps(report, indent=1))
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(report, tmp / "top_activations.json")
     print(f"zflight visualize: wrote {len(args.layers)} panels to {out}", flush=True)
     return out
 
 
 def _load_model(path: Path) -> torch.nn.Module:
-    from zflight.checkpoint import load_classifier
-
-    try:
-        return load_classifier(path).model
-    except (FileNotFoundError, ValueError) as err:
-        raise _InputError(f"--ckpt_path: {err}") from None
+    return read_ckpt(path)[0].model
 
 
 def _load_dataset(config: Path, split: str) -> Any:
@@ -174,7 +148,7 @@ def _load_dataset(config: Path, split: str) -> Any:
     from lightning.pytorch import LightningDataModule
 
     if not config.is_file():
-        raise _InputError(f"--config {config} does not exist")
+        raise AnalysisError(f"--config {config} does not exist")
     with open(config) as f:
         cfg = yaml.safe_load(f) or {}
     data = cfg.get("data") or {}
@@ -189,23 +163,12 @@ def _load_dataset(config: Path, split: str) -> Any:
         instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
         datamodule = instantiate(namespace).data
     except Exception as err:
-        raise _InputError(f"--config {config}: the data section cannot be built: {err}") from None
+        raise AnalysisError(f"--config {config}: the data section cannot be built: {err}") from None
     datamodule.setup("fit" if split == "train" else "validate")
     dataset = getattr(datamodule, f"{split}_dataset", None)
     if dataset is None:
         loader = datamodule.train_dataloader() if split == "train" else datamodule.val_dataloader()
         dataset = getattr(loader, "dataset", None)
     if dataset is None:
-        raise _InputError(f"--config {config}: the data module has no {split} data set")
+        raise AnalysisError(f"--config {config}: the data module has no {split} data set")
     return dataset
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out``, replacing an old ``out`` (already allowed)."""
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)

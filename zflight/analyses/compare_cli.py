@@ -27,17 +27,18 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
-from zflight.analyses.invariance_cli import (
+from zflight.analyses._common import (
     AnalysisError,
+    check_out,
     common_arguments,
     embedded_dataset,
-    load_classifier,
+    load_network,
     output_dir,
     run_cli,
-    save_figure,
     write_json,
 )
 from zflight.attribution.architecture import ArchitectureReport, architecture_report, layer_projections
+from zflight.figures import save_figure
 
 __all__ = ["compare_figure", "compare_models", "main"]
 
@@ -197,16 +198,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
 def _run(args: argparse.Namespace) -> Path:
     from zflight.figures import filter_grid, save_png
 
+    check_out(args.out, args.overwrite)
     if args.num_images < 1:
         raise AnalysisError(f"--num_images must be >= 1, got {args.num_images}")
     if args.maps < 1:
         raise AnalysisError(f"--maps must be >= 1, got {args.maps}")
     loaded = []
     for flag, path in (("--ckpt_path", args.ckpt_path), ("--ckpt_path_b", args.ckpt_path_b)):
-        try:
-            loaded.append(load_classifier(path))
-        except AnalysisError as err:
-            raise AnalysisError(str(err).replace("--ckpt_path:", f"{flag}:", 1)) from None
+        loaded.append(load_network(path, flag))
     names = list(args.names) if args.names else [str(hp.get("arch", "model")) for _, hp, _ in loaded]
     if names[0] == names[1]:
         names = [f"{names[0]} (a)", f"{names[1]} (b)"]

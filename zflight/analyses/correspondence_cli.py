@@ -28,17 +28,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from zflight.analyses.invariance_cli import (
+from zflight.analyses._common import (
     AnalysisError,
+    check_out,
     common_arguments,
     embedded_dataset,
-    load_classifier,
+    load_network,
     output_dir,
     run_cli,
-    save_figure,
     write_json,
 )
 from zflight.attribution.correspondence import Correspondence, correspondence, keypoint_masks
+from zflight.figures import save_figure
 
 __all__ = ["correspondence_figure", "main"]
 
@@ -145,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 def _run(args: argparse.Namespace) -> Path:
-    model, hparams, data_hp = load_classifier(args.ckpt_path)
+    check_out(args.out, args.overwrite)
+    model, hparams, data_hp = load_network(args.ckpt_path)
     dataset = embedded_dataset(hparams, data_hp, args.split)
     classes = list(dataset.classes) if args.classes == ["all"] else list(args.classes)
     unknown = [c for c in classes if c not in dataset.classes]

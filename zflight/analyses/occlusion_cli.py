@@ -22,22 +22,22 @@ that fails leaves nothing that looks like a result. Bad input ends with one ``er
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zflight.analyses._common import AnalysisError, check_out, output_dir, read_ckpt, run_cli, write_json
+from zflight.figures import save_figure
+
 __all__ = ["main", "load_checkpoint"]
 
 
-class CLIError(Exception):
-    """Bad input: the message is shown as one ``error:`` line."""
+# Bad input: the message is shown as one ``error:`` line (the name benchmarks import).
+CLIError = AnalysisError
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -55,12 +55,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     Example:
         >>> main(["--ckpt_path", "last.ckpt", "--out", "occ", "--indices", "0", "1"])  # doctest: +SKIP
     """
-    parser = _parser()
-    args = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
-    try:
-        return _run(args)
-    except CLIError as err:
-        parser.error(str(err))  # prints usage and one "error:" line, exits with status 2
+    # Usage and one "error:" line, exit status 2.
+    return run_cli(_parser(), sys.argv[2:] if argv is None else argv, _run, catch=(CLIError,), usage=True)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Any, Any]:
@@ -82,12 +78,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     Example:
         >>> module, dm = load_checkpoint("runs/quickstart/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
     """
-    from zflight.checkpoint import read_checkpoint, rebuild_datamodule
+    from zflight.checkpoint import rebuild_datamodule
 
-    try:
-        module, dm_hparams = read_checkpoint(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise CLIError(f"--ckpt_path: {err}") from None
+    module, dm_hparams = read_ckpt(path)
     module.to(device).eval()
 
     try:
@@ -125,12 +118,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         occlusion_analysis,
         occlusion_figure,
         occlusion_record,
-        save_figure,
     )
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"--out: {out} already exists; choose another folder or pass --overwrite")
+    out = check_out(args.out, args.overwrite)
     if args.targets is not None and args.images is None:
         raise CLIError("--targets goes with --images (data set images use their true labels)")
     module, datamodule = load_checkpoint(args.ckpt_path, args.device)
@@ -172,9 +162,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(len(names))
         ],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_dir(out, "partial")
-    try:
+    with output_dir(out, overwrite=args.overwrite) as tmp:
         titles = [f"val #{s['index']}" if "index" in s else Path(s["file"]).name for s in sources]
         fig = occlusion_figure(display, maps.to("cpu"), projections.cpu(), class_names=class_names, titles=titles)
         save_figure(fig, tmp / "occlusion.png")
@@ -183,33 +171,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             fig = occlusion_figure(display[i : i + 1], one, projections[i : i + 1].cpu(),
                                    class_names=class_names, titles=titles[i : i + 1])
             save_figure(fig, tmp / f"occlusion_{name}.png")
-        (tmp / "occlusion.json").write_text(json.dumps(document, indent=1))
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(document, tmp / "occlusion.json")
     _print_summary(document, out)
     return document
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        # --overwrite: move the old folder aside first, so at every moment `out` is either the
-        # complete old result or the complete new one.
-        old = _fresh_dir(out, "old")
-        os.rename(out, old / "previous")
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
-
-
-def _fresh_dir(out: Path, kind: str) -> Path:
-    """A new hidden folder beside ``out`` (same file system, so renaming it is atomic)."""
-    # Not tempfile.mkdtemp: its folders are private (0700), and this one becomes the result.
-    path = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.{kind}"
-    path.mkdir()
-    return path
 
 
 def _class_names(datamodule: Any) -> list[str] | None:

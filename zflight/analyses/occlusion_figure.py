@@ -26,9 +26,7 @@ switch), so it works headless and in worker threads.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +36,7 @@ from torch import nn
 from zflight.attribution._layers import preserve_modes
 from zflight.attribution.deconvnet import DeconvNet
 from zflight.attribution.occlusion import Fill, OcclusionMaps, occlusion_maps
+from zflight.figures import figure_to_tensor, save_figure  # re-exported: part of this module's API
 
 __all__ = [
     "default_geometry",
@@ -306,36 +305,6 @@ def occlusion_record(
             activation=maps.activation[i].tolist(),
         )
     return record
-
-
-def figure_to_tensor(fig: Any) -> torch.Tensor:
-    """Render a figure and return it as a float ``[3, H, W]`` image in [0, 1] (for ``add_image``).
-
-    Example:
-        >>> writer.add_image("occlusion/0", figure_to_tensor(fig), step)  # doctest: +SKIP
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0
-
-
-def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (parent folders created; written then renamed).
-
-    Example:
-        >>> save_figure(fig, "out/occlusion.png")  # doctest: +SKIP
-        PosixPath('out/occlusion.png')
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A reader (TensorBoard, a browser) must never see half a PNG.
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=dpi)
-    os.replace(tmp, path)
-    return path
 
 
 # ------------------------------------------------------------------------------------ internals

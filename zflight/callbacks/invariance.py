@@ -13,13 +13,8 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from zflight.analyses.invariance_cli import (
-    example_strip,
-    figure_to_tensor,
-    invariance_figure,
-    save_figure,
-    write_json,
-)
+from zflight.analyses._common import write_json
+from zflight.analyses.invariance_cli import example_strip, invariance_figure
 from zflight.attribution._layers import resolve_layer
 from zflight.attribution.invariance import TRANSFORMS, default_amounts, invariance_curves
 from zflight.callbacks.panels import (
@@ -33,6 +28,7 @@ from zflight.callbacks.panels import (
     _split_dataset,
     _target_model,
 )
+from zflight.figures import figure_to_tensor, save_figure
 
 __all__ = ["InvarianceFigures"]
 

@@ -98,13 +98,8 @@ class OcclusionFigures(Callback):
 
     # ------------------------------------------------------------------------------- internals
     def _draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
-        from zflight.analyses.occlusion_figure import (
-            default_geometry,
-            figure_to_tensor,
-            occlusion_analysis,
-            occlusion_figure,
-            save_figure,
-        )
+        from zflight.analyses.occlusion_figure import default_geometry, occlusion_analysis, occlusion_figure
+        from zflight.figures import figure_to_tensor, save_figure
 
         dataset = _validation_dataset(trainer)
         bad = [i for i in self.indices if i >= len(dataset)]

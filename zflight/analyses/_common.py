@@ -1,0 +1,266 @@
+"""Plumbing shared by the checkpoint subcommands (``visualize``, ``occlusion``, ``invariance``,
+``compare``, ``correspondence``): one-line errors, the output folder written all at once, JSON,
+the checkpoint and the embedded data set.
+
+* :class:`AnalysisError` and :func:`run_cli`: a bad input ends with one ``error:`` line, exit 2.
+* :func:`check_out` and :func:`output_dir`: ``--out`` must not exist unless ``--overwrite``;
+  everything is written into a temporary folder beside ``--out`` that is renamed to ``--out``
+  once complete, so a failed run never leaves a folder that looks like a result.
+* :func:`write_json`, :func:`read_ckpt`, :func:`load_network`, :func:`embedded_dataset`,
+  :func:`pick_images`, :func:`common_arguments`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "AnalysisError",
+    "run_cli",
+    "check_out",
+    "output_dir",
+    "write_json",
+    "read_ckpt",
+    "load_network",
+    "embedded_dataset",
+    "pick_images",
+    "common_arguments",
+]
+
+
+class AnalysisError(ValueError):
+    """A bad input to a subcommand; its message is the one line the user sees."""
+
+
+def run_cli(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str],
+    body: Callable[[argparse.Namespace], Any],
+    *,
+    catch: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError),
+    usage: bool = False,
+) -> Any:
+    """Parse ``argv`` and call ``body(args)``; a ``catch`` error ends with one ``error:`` line (exit 2).
+
+    Args:
+        parser: the subcommand's parser.
+        argv: its arguments.
+        body: the work.
+        catch: the exceptions shown as one line (default: any ``FileNotFoundError`` or
+            ``ValueError``, e.g. the attribution functions', which name the argument).
+        usage: print the usage line before the error (``argparse``'s own ``parser.error``).
+
+    Example:
+        >>> run_cli(parser, ["--out", "x"], lambda args: None)  # doctest: +SKIP
+    """
+    args = parser.parse_args(list(argv))
+    try:
+        return body(args)
+    except catch as err:
+        if usage:
+            parser.error(str(err))  # usage, one "error:" line, exit 2
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+
+
+def check_out(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Return ``out`` as a ``Path`` if a run may write it (call it before any long work).
+
+    Raises:
+        AnalysisError: ``out`` exists and is not a folder, or exists and ``overwrite`` is false.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AnalysisError(f"--out: {out} exists and is not a folder")
+    if out.exists() and not overwrite:
+        raise AnalysisError(f"--out: {out} already exists; pass --overwrite to replace it")
+    return out
+
+
+@contextlib.contextmanager
+def output_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh folder beside ``out``; on success it is renamed to ``out``.
+
+    A failure removes the temporary folder, so ``out`` is either complete or absent (or the
+    previous complete result, untouched). With ``overwrite`` the old ``out`` is moved aside
+    before the new one is renamed into place, so at every moment ``out`` is one whole result.
+
+    Args:
+        out: the folder to create.
+        overwrite: replace an existing ``out`` (else that is an error, see :func:`check_out`).
+
+    Raises:
+        AnalysisError: see :func:`check_out`.
+
+    Example:
+        >>> with output_dir("out/invariance") as tmp:  # doctest: +SKIP
+        ...     (tmp / "a.json").write_text("{}")
+    """
+    out = check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _fresh_dir(out, "partial")
+    try:
+        yield tmp
+        if out.exists():
+            old = _fresh_dir(out, "old")
+            os.replace(out, old / "previous")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fresh_dir(out: Path, kind: str) -> Path:
+    """A new hidden folder beside ``out`` (same file system, so renaming it is atomic)."""
+    # Not tempfile.mkdtemp: its folders are private (0700), and this one becomes the result.
+    path = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.{kind}"
+    path.mkdir()
+    return path
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON (NaN/inf become null, as JSON has neither).
+
+    Example:
+        >>> write_json({"a": 1.0}, "out/a.json")  # doctest: +SKIP
+    """
+    path = Path(path)
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, (np.floating, np.integer)):
+            return clean(v.item())
+        return v
+
+    path.write_text(json.dumps(clean(data), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def read_ckpt(ckpt_path: str | os.PathLike, flag: str = "--ckpt_path") -> tuple[Any, dict[str, Any]]:
+    """:func:`zflight.checkpoint.read_checkpoint`, its errors as one line naming ``flag``.
+
+    Raises:
+        AnalysisError: the file is missing or is not a zflight checkpoint.
+    """
+    from zflight.checkpoint import read_checkpoint
+
+    try:
+        return read_checkpoint(ckpt_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise AnalysisError(f"{flag}: {err}") from None
+
+
+def load_network(
+    ckpt_path: str | os.PathLike, flag: str = "--ckpt_path"
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Load a zflight checkpoint: ``(network in eval mode, model hparams, data-module hparams)``.
+
+    The network is ``ImageClassifier.model`` (zfnet, alexnet_zf or a torchvision model), from
+    :func:`zflight.checkpoint.read_checkpoint`.
+
+    Args:
+        ckpt_path: a ``.ckpt`` written by ``python -m zflight fit``.
+        flag: the option named in error messages.
+
+    Returns:
+        The network, the model's hyperparameters, the data module's (empty if not saved).
+
+    Raises:
+        AnalysisError: the file is missing or is not a zflight checkpoint.
+
+    Example:
+        >>> model, hp, data_hp = load_network("runs/quickstart/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
+    """
+    module, data_hp = read_ckpt(ckpt_path, flag)
+    data_hp = {k: v for k, v in data_hp.items() if not k.startswith("_")}
+    return module.model.eval(), dict(module.hparams), data_hp
+
+
+def embedded_dataset(hparams: dict[str, Any], data_hp: dict[str, Any], split: str = "val") -> Any:
+    """Return the split of the embedded shapes data set the checkpoint was trained with.
+
+    ``ShapesDataModule`` draws split ``k`` (train 0, val 1, test 2) from seed ``3*seed + k``;
+    the sizes, image size, seed and clutter come from the checkpoint's data-module
+    hyperparameters, with the data module's defaults where missing.
+
+    Args:
+        hparams: the model's hyperparameters (for ``image_size`` when the data's are missing).
+        data_hp: the data module's hyperparameters.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+
+    Returns:
+        A :class:`~zflight.data.ShapesDataset`.
+
+    Raises:
+        AnalysisError: the checkpoint was not trained on the embedded data set, or a bad split.
+
+    Example:
+        >>> ds = embedded_dataset({"image_size": 64}, {}, "val")  # doctest: +SKIP
+    """
+    from zflight.data import ShapesDataset
+
+    splits = {"train": 0, "val": 1, "test": 2}
+    if split not in splits:
+        raise AnalysisError(f"--split must be one of train, val, test; got {split!r}")
+    # ImageFolderDataModule saves a root folder; the embedded data module does not.
+    if any(k in data_hp for k in ("root", "train_dir", "data_dir")):
+        raise AnalysisError("the checkpoint was not trained on the embedded shapes data set; "
+                            "these subcommands read images from it by index")
+    size = int(data_hp.get(f"{split}_size", {"train": 8000, "val": 1000, "test": 1000}[split]))
+    return ShapesDataset(
+        size,
+        image_size=int(data_hp.get("image_size", hparams.get("image_size", 64))),
+        seed=3 * int(data_hp.get("seed", 0)) + splits[split],
+        clutter=float(data_hp.get("clutter", 1.0)),
+    )
+
+
+def pick_images(dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(images [N, C, H, W], labels [N])`` of ``dataset`` at ``indices``.
+
+    Raises:
+        AnalysisError: no indices, or one out of range (the message names ``--indices``).
+
+    Example:
+        >>> x, y = pick_images(ShapesDataset(20), [0, 3])  # doctest: +SKIP
+    """
+    if not indices:
+        raise AnalysisError("--indices: give at least one image index")
+    n = len(dataset)
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise AnalysisError(f"--indices: {bad[0]} is out of range for a split of {n} images (0..{n - 1})")
+    items = [dataset[i] for i in indices]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def common_arguments(parser: argparse.ArgumentParser, *, indices: Sequence[int] | None) -> None:
+    """Add ``--ckpt_path``, ``--out``, ``--overwrite``, ``--split`` (and ``--indices``)."""
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `python -m zflight fit`")
+    parser.add_argument("--out", required=True, help="output folder (written whole, or not at all)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--split", default="val", choices=["train", "val", "test"],
+                        help="split of the embedded data set the images come from (default: val)")
+    if indices is not None:
+        parser.add_argument("--indices", type=int, nargs="+", default=list(indices),
+                            help=f"image indices in the split (default: {' '.join(map(str, indices))})")
