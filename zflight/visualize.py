@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> Path:
     from zflight.attribution import resolve_layer, top_activation_crops, top_activations
-    from zflight.callbacks.panels import _choose_maps, _layer_channels, _SeededItems, _subset
+    from zflight.callbacks._common import _choose_maps, _layer_channels, _SeededItems, _subset
     from zflight.figures import filter_grid, save_png, top_activation_panel
 
     for name in ("k", "maps", "batch_size", "tile", "maps_per_row"):

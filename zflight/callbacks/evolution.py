@@ -14,8 +14,7 @@ from lightning.pytorch import LightningModule, Trainer
 
 from zflight.attribution._layers import resolve_layer
 from zflight.attribution.topk import top_activation_crops, top_activations
-from zflight.callbacks.panels import (
-    PAPER_LAYERS,
+from zflight.callbacks._common import (
     Maps,
     _analysis_mode,
     _check_epochs,
@@ -33,6 +32,7 @@ from zflight.callbacks.panels import (
     _subset,
     _target_model,
 )
+from zflight.callbacks.panels import PAPER_LAYERS
 from zflight.figures import evolution_grid, normalize_projection, save_png, to_uint8
 
 __all__ = ["FeatureEvolution", "PAPER_EPOCHS"]

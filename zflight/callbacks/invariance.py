@@ -15,14 +15,13 @@ from lightning.pytorch import LightningModule, Trainer
 
 from zflight.analyses._common import write_json
 from zflight.analyses.invariance_cli import example_strip, invariance_figure
-from zflight.attribution._layers import resolve_layer
 from zflight.attribution.invariance import TRANSFORMS, default_amounts, invariance_curves
-from zflight.callbacks.panels import (
+from zflight.callbacks._common import (
     _analysis_mode,
     _check_epochs,
     _check_int,
-    _EpochEndCallback,
     _figure_dir,
+    _LayerEpochCallback,
     _log_image,
     _SeededItems,
     _split_dataset,
@@ -33,7 +32,7 @@ from zflight.figures import figure_to_tensor, save_figure
 __all__ = ["InvarianceFigures"]
 
 
-class InvarianceFigures(_EpochEndCallback):
+class InvarianceFigures(_LayerEpochCallback):
     """Logs how invariant each layer is to translation, scale and rotation (the paper's Fig. 5).
 
     At each scheduled epoch (and at the end of training), the fixed images ``indices`` of the
@@ -102,20 +101,6 @@ class InvarianceFigures(_EpochEndCallback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(indices=tuple(self.indices), split=self.split)
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        model = _target_model(pl_module)
-        for name in self.layers:
-            resolve_layer(model, name)  # fail now, with the close names, not after an epoch
-
-    def _wanted(self, epoch: int) -> bool:
-        return self.epochs is not None and epoch in self.epochs
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        epoch = trainer.current_epoch  # incremented by now: the number of epochs trained
-        if epoch >= 1 and epoch not in self._done_epochs:
-            self._at_epoch(trainer, pl_module, epoch)
-            self._done_epochs.append(epoch)
 
     def _at_epoch(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
         folder = _figure_dir(trainer)  # every rank: it broadcasts

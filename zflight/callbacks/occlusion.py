@@ -24,6 +24,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
+from zflight.callbacks._common import _check_int
+
 __all__ = ["OcclusionFigures"]
 
 
@@ -141,11 +143,6 @@ class OcclusionFigures(Callback):
                 experiment = getattr(logger, "experiment", None)
                 if hasattr(experiment, "add_image"):
                     experiment.add_image(f"occlusion/{index}", image, trainer.global_step)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _validation_dataset(trainer: Trainer) -> Any:
