@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -21,16 +20,6 @@ from zflight.data import ShapesDataModule
 from zflight.module import ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, busy CPU, OpenMP threads that spin waiting for each other make tiny models
-    # 50x slower; one thread each keeps these tests fast. Restored for other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _module(dropout: float = 0.5) -> ImageClassifier:

@@ -104,13 +104,8 @@ def test_default_amounts_include_the_identity():
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    module = ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64, init="kaiming")
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "datamodule_hyper_parameters": {"image_size": 64, "val_size": 20, "seed": 0}}, path)
-    return path
+def tiny_ckpt(tiny_ckpt_factory):
+    return tiny_ckpt_factory(val_size=20)
 
 
 def test_cli_writes_png_and_json(tiny_ckpt, tmp_path):

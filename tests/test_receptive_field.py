@@ -12,16 +12,6 @@ from zflight import zfnet
 from zflight.attribution import ReceptiveField, receptive_field
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, busy CPU, OpenMP threads that spin waiting for each other make tiny models
-    # 50x slower; one thread each keeps these tests fast. Restored for other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def zf224() -> nn.Module:
     return zfnet(num_classes=10, width=0.125, image_size=224)

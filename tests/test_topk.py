@@ -15,16 +15,6 @@ from zflight.attribution import TopActivations, forward_to, resolve_layer, top_a
 from zflight.data import ShapesDataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, busy CPU, OpenMP threads that spin waiting for each other make tiny models
-    # 50x slower; one thread each keeps these tests fast. Restored for other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
     torch.manual_seed(0)

@@ -18,15 +18,6 @@ from zflight.module import ImageClassifier
 from zflight.visualize import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Spinning OpenMP threads on a busy shared CPU make tiny models 50x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """A config and a one-epoch checkpoint of a tiny ZFNet on 32 shapes."""
