@@ -25,6 +25,7 @@ from zflight.attribution import (
     receptive_field,
     top_activations,
 )
+from zflight.checkpoint import load_classifier
 from zflight.callbacks import (
     FeatureEvolution,
     FilterGrid,
@@ -57,6 +58,7 @@ __all__ = [
     "renormalize_filters",
     # training
     "ImageClassifier",
+    "load_classifier",
     # callbacks
     "FeatureEvolution",
     "TopActivationPanels",
