@@ -304,3 +304,21 @@ def test_approximate_mode_error_is_bounded_as_documented():
         assert err.max() <= 1.5 * largest_drop
         assert (approx.label == exact.label).float().mean() >= 0.9
         assert torch.isfinite(approx.prob).all()
+
+
+@pytest.mark.parametrize("windows", ["fixed", "exact"])
+def test_classes_on_parallel_threads_are_exact(monkeypatch, windows):
+    """With several torch threads on a CPU, classes of positions run on a thread pool."""
+    monkeypatch.setattr(_incremental, "_default_windows", lambda device: windows)
+    model = _model("odd", 40)
+    images = torch.randn(2, 3, 40, 40)
+    kw = dict(size=9, stride=4, layer="features.2", batch_size=33)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():  # the workers must follow the caller's grad mode, either way
+            inc = occlusion_maps(model, images, None, incremental=True, **kw)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    _assert_same(inc, occlusion_maps(model, images, None, incremental=False, **kw))

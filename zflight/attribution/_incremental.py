@@ -631,9 +631,17 @@ class IncrementalScorer:
                      torch.nonzero(key == g).squeeze(1))
                     for g in torch.unique(key).tolist()
                 ]
-            for r_cls, c_cls, sel in groups:
+            def run(group: tuple[int, int, torch.Tensor]) -> None:
+                r_cls, c_cls, sel = group
                 self._windows(cache, img[sel], rk[sel], ck[sel], r_cls, c_cls, sel, fill, full,
                               channels[sel] if act is not None else None, act)
+
+            threads = torch.get_num_threads()
+            if dev.type != "cpu" or threads == 1:
+                for group in groups:
+                    run(group)
+            else:
+                self._run_parallel(run, groups, threads, images)
         x = full.permute(0, 3, 1, 2)
         b = torch.arange(bsz, device=dev)
         for i in range(self.switch, len(self.ops)):
@@ -645,6 +653,41 @@ class IncrementalScorer:
         else:
             logits = self.chain.rest(x)
         return logits, act
+
+    def _run_parallel(
+        self, run: Callable[[tuple[int, int, torch.Tensor]], None],
+        groups: list[tuple[int, int, torch.Tensor]], threads: int, like: torch.Tensor,
+    ) -> None:
+        """Run the classes of positions on ``threads`` Python threads, each op single-threaded.
+
+        The windowed ops are many and small. Split over OpenMP threads, every one of them ends
+        at a barrier that waits for the slowest thread, which on a busy machine is often a
+        preempted one: on two shared cores that made the windows 5-10x slower than on one
+        thread. Independent classes on their own threads never wait for each other; they write
+        disjoint rows of ``full`` and ``act``.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        if len(groups) < threads:  # one class (fixed windows): split it into chunks
+            groups = [(r, c, part) for r, c, sel in groups
+                      for part in sel.tensor_split(min(threads, sel.numel())) if part.numel()]
+        for i, op in enumerate(self.ops[: self.switch]):
+            if op.kind == "avg":
+                self._avg_divisor(i, like)  # fill the lazy cache before the threads read it
+        grad = torch.is_grad_enabled()
+
+        def work(group: tuple[int, int, torch.Tensor]) -> None:
+            with torch.set_grad_enabled(grad):  # grad mode is per thread
+                run(group)
+
+        # New threads take the process-wide thread count at their first op: 1 here.
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for future in [pool.submit(work, g) for g in groups]:
+                    future.result()
+        finally:
+            torch.set_num_threads(threads)
 
     def _windows(
         self, cache: _Cache, img: torch.Tensor, rk: torch.Tensor, ck: torch.Tensor,
