@@ -116,3 +116,11 @@ def test_fit_with_two_ddp_processes_on_cpu(tmp_path):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     # 48 training images over 2 ranks at batch 16: 2 steps per epoch per rank
     assert ckpt["global_step"] == 2
+
+
+def test_unknown_subcommand_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fitt"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown subcommand 'fitt'" in err and "fit" in err and "occlusion" in err and "pack" in err

@@ -122,6 +122,14 @@ def main(args: ArgsType = None) -> Any:
         >>> main(["fit", "--config", "configs/quickstart.yaml"])  # doctest: +SKIP
     """
     argv = list(sys.argv[1:] if args is None else args)
+    trainer_commands = ("fit", "validate", "test", "predict")
+    if argv and not argv[0].startswith("-") and argv[0] not in (*trainer_commands, *ANALYSIS_COMMANDS):
+        print(
+            f"zflight: error: unknown subcommand {argv[0]!r}; choose from "
+            f"{', '.join((*trainer_commands, *ANALYSIS_COMMANDS))}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     if argv and argv[0] in ANALYSIS_COMMANDS:
         import importlib
 
@@ -133,5 +141,9 @@ def main(args: ArgsType = None) -> Any:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "epilog": "analysis subcommands (each has its own --help): "
+            + ", ".join(ANALYSIS_COMMANDS)
+        },
         args=args,  # None: LightningCLI reads sys.argv itself (and does not warn)
     )
