@@ -8,6 +8,10 @@ the checkpoint and the embedded data set.
   once complete, so a failed run never leaves a folder that looks like a result.
 * :func:`write_json`, :func:`read_ckpt`, :func:`load_network`, :func:`embedded_dataset`,
   :func:`pick_images`, :func:`common_arguments`.
+* Image files instead of data set images (``--images``): :func:`rebuild_data`,
+  :func:`load_image_files` (resized and normalized as the data module's evaluation transform
+  does), :func:`class_indices` (class names or numbers), :func:`data_classes`,
+  :func:`display_images`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ __all__ = [
     "embedded_dataset",
     "pick_images",
     "common_arguments",
+    "rebuild_data",
+    "data_classes",
+    "data_mean_std",
+    "display_images",
+    "load_image_files",
+    "class_indices",
+    "safe_name",
 ]
 
 
@@ -254,13 +265,160 @@ def pick_images(dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, tor
     return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
 
-def common_arguments(parser: argparse.ArgumentParser, *, indices: Sequence[int] | None) -> None:
-    """Add ``--ckpt_path``, ``--out``, ``--overwrite``, ``--split`` (and ``--indices``)."""
+def common_arguments(
+    parser: argparse.ArgumentParser, *, indices: Sequence[int] | None, images: bool = False
+) -> None:
+    """Add ``--ckpt_path``, ``--out``, ``--overwrite``, ``--split`` (and ``--indices``).
+
+    With ``images``, also ``--images`` (image files), mutually exclusive with ``--indices``.
+    """
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `python -m zflight fit`")
     parser.add_argument("--out", required=True, help="output folder (written whole, or not at all)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.add_argument("--split", default="val", choices=["train", "val", "test"],
                         help="split of the embedded data set the images come from (default: val)")
+    src = parser.add_mutually_exclusive_group() if images else parser
     if indices is not None:
-        parser.add_argument("--indices", type=int, nargs="+", default=list(indices),
-                            help=f"image indices in the split (default: {' '.join(map(str, indices))})")
+        src.add_argument("--indices", type=int, nargs="+", default=list(indices),
+                         help=f"image indices in the split (default: {' '.join(map(str, indices))})")
+    if images:
+        src.add_argument("--images", nargs="+", help="image files instead of data set images")
+
+
+# ------------------------------------------------------------------------------ image files
+def rebuild_data(dm_hparams: dict[str, Any], image_size: int) -> Any:
+    """:func:`zflight.checkpoint.rebuild_datamodule`, or ``None`` when it cannot be rebuilt.
+
+    Image files need the data module only for its evaluation transform, normalization and class
+    names, so an image folder that is gone is not an error here.
+
+    Args:
+        dm_hparams: the checkpoint's data-module hyperparameters, as :func:`read_ckpt` returns them
+            (``_class_path`` included).
+        image_size: the model's image size.
+
+    Example:
+        >>> module, dm_hp = read_ckpt("last.ckpt")  # doctest: +SKIP
+        >>> dm = rebuild_data(dm_hp, module.hparams["image_size"])  # doctest: +SKIP
+    """
+    from zflight.checkpoint import rebuild_datamodule
+
+    try:
+        return rebuild_datamodule(dm_hparams, int(image_size))
+    except (ImportError, AttributeError, TypeError, ValueError, OSError):
+        return None
+
+
+def data_classes(datamodule: Any) -> list[str] | None:
+    """The data module's class names in label order, or ``None`` when it has none."""
+    try:
+        names = getattr(datamodule, "classes", None)
+    except (OSError, RuntimeError):
+        return None
+    return list(names) if names is not None else None
+
+
+def data_mean_std(datamodule: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The data module's normalization ``(mean, std)``; ImageNet's when it has none."""
+    from zflight.data import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = getattr(datamodule, "mean", None)
+    std = getattr(datamodule, "std", None)
+    if mean is None or std is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(mean), tuple(std)
+
+
+def display_images(images: torch.Tensor, datamodule: Any, dataset: Any = None) -> torch.Tensor:
+    """Undo the normalization of ``images`` for display, in [0, 1].
+
+    ``dataset.denormalize`` when the data set has it, else the data module's mean and std.
+    """
+    if dataset is not None and hasattr(dataset, "denormalize"):
+        return dataset.denormalize(images)
+    mean, std = data_mean_std(datamodule)
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (images * s + m).clamp(0, 1)
+
+
+def load_image_files(
+    files: Sequence[str | os.PathLike], datamodule: Any, image_size: int, flag: str = "--images"
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Read image files as the model's input: ``(images, display images, names)``.
+
+    Each file is converted to RGB and passed through the data module's ``eval_transform()``
+    when it has one, else resized to ``image_size`` x ``image_size`` and normalized with
+    :func:`data_mean_std`. ``names`` are ``"<k>_<file stem>"``, safe as file names.
+
+    Args:
+        files: the image files.
+        datamodule: the checkpoint's data module (:func:`rebuild_data`), or ``None``.
+        image_size: the model's image size.
+        flag: the option named in error messages.
+
+    Returns:
+        ``[N, 3, H, W]`` in the model's input space, the same in [0, 1] for display, the names.
+
+    Raises:
+        AnalysisError: a file is missing or cannot be read as an image (the message names it).
+
+    Example:
+        >>> x, shown, names = load_image_files(["cat.png"], None, 64)  # doctest: +SKIP
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision import transforms as T
+
+    mean, std = data_mean_std(datamodule)
+    if datamodule is not None and hasattr(datamodule, "eval_transform"):
+        transform = datamodule.eval_transform()
+    else:
+        transform = T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
+    tensors, names = [], []
+    for k, f in enumerate(files):
+        path = Path(f)
+        if not path.is_file():
+            raise AnalysisError(f"{flag}: no such file: {path}")
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            raise AnalysisError(f"{flag}: cannot read image file {path}: {type(err).__name__}: {err}") from None
+        tensors.append(transform(rgb))
+        names.append(f"{k}_{safe_name(path.stem)}")
+    images = torch.stack(tensors)
+    return images, display_images(images, datamodule), names
+
+
+def class_indices(
+    values: Sequence[str], n: int, class_names: Sequence[str] | None, flag: str = "--targets"
+) -> list[int]:
+    """Turn one class per image file, a name or a number, into class indices.
+
+    Numbers are not checked against the number of classes here (the analysis does that).
+
+    Raises:
+        AnalysisError: not one value per file, or a value that is neither a known class name
+            nor a number (the message names ``flag`` and lists the classes).
+
+    Example:
+        >>> class_indices(["ring", "3"], 2, ["disk", "ring"])
+        [1, 3]
+    """
+    if len(values) != n:
+        raise AnalysisError(f"{flag}: one per --images file ({n}), got {len(values)}")
+    out = []
+    for t in values:
+        if class_names is not None and t in class_names:
+            out.append(list(class_names).index(t))
+        elif t.lstrip("-").isdigit():
+            out.append(int(t))
+        else:
+            known = f" (classes: {', '.join(class_names)})" if class_names else ""
+            raise AnalysisError(f"{flag}: unknown class {t!r}{known}")
+    return out
+
+
+def safe_name(stem: str) -> str:
+    """``stem`` with anything but letters, digits, ``-`` and ``_`` replaced, at most 40 characters."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:40] or "image"

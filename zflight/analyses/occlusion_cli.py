@@ -30,7 +30,19 @@ from typing import Any
 
 import torch
 
-from zflight.analyses._common import AnalysisError, check_out, output_dir, read_ckpt, run_cli, write_json
+from zflight.analyses._common import (
+    AnalysisError,
+    check_out,
+    class_indices,
+    data_classes,
+    display_images,
+    load_image_files,
+    output_dir,
+    read_ckpt,
+    rebuild_data,
+    run_cli,
+    write_json,
+)
 from zflight.figures import save_figure
 
 __all__ = ["main", "load_checkpoint"]
@@ -78,15 +90,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     Example:
         >>> module, dm = load_checkpoint("runs/quickstart/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
     """
-    from zflight.checkpoint import rebuild_datamodule
-
     module, dm_hparams = read_ckpt(path)
     module.to(device).eval()
-
-    try:
-        datamodule = rebuild_datamodule(dm_hparams, int(module.hparams.get("image_size", 64)))
-    except (ImportError, AttributeError, TypeError, ValueError, OSError):
-        datamodule = None  # only data set indices need it; image files can do without
+    # None when it cannot be rebuilt: only data set indices need it; image files can do without.
+    datamodule = rebuild_data(dm_hparams, int(module.hparams.get("image_size", 64)))
     return module, datamodule
 
 
@@ -126,10 +133,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     module, datamodule = load_checkpoint(args.ckpt_path, args.device)
     model = module.model
     image_size = int(module.hparams.get("image_size", 64))
-    class_names = _class_names(datamodule)
+    class_names = data_classes(datamodule)
 
     if args.images is not None:
-        images, display, names = _load_files(args.images, datamodule, image_size)
+        images, display, names = load_image_files(args.images, datamodule, image_size)
         targets = _file_targets(args.targets, len(args.images), class_names)
         sources = [{"file": str(Path(f))} for f in args.images]
     else:
@@ -176,14 +183,6 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     return document
 
 
-def _class_names(datamodule: Any) -> list[str] | None:
-    try:
-        names = getattr(datamodule, "classes", None)
-    except (OSError, RuntimeError):
-        return None
-    return list(names) if names is not None else None
-
-
 def _load_indices(
     indices: Sequence[int], datamodule: Any
 ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[str]]:
@@ -202,74 +201,11 @@ def _load_indices(
     items = [ds[i] for i in indices]
     images = torch.stack([x for x, _ in items])
     targets = [int(y) for _, y in items]
-    return images, _display(images, datamodule, ds), targets, [f"val{i}" for i in indices]
-
-
-def _load_files(
-    files: Sequence[str], datamodule: Any, image_size: int
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from PIL import Image, UnidentifiedImageError
-    from torchvision import transforms as T
-
-    mean, std = _mean_std(datamodule)
-    if datamodule is not None and hasattr(datamodule, "eval_transform"):
-        transform = datamodule.eval_transform()
-    else:
-        transform = T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
-    tensors, names = [], []
-    for k, f in enumerate(files):
-        path = Path(f)
-        if not path.is_file():
-            raise CLIError(f"--images: no such file: {path}")
-        try:
-            with Image.open(path) as img:
-                rgb = img.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-            raise CLIError(f"--images: cannot read image file {path}: {type(err).__name__}: {err}") from None
-        tensors.append(transform(rgb))
-        names.append(f"{k}_{_safe(path.stem)}")
-    images = torch.stack(tensors)
-    return images, _display(images, datamodule, None), names
+    return images, display_images(images, datamodule, ds), targets, [f"val{i}" for i in indices]
 
 
 def _file_targets(targets: Sequence[str] | None, n: int, class_names: list[str] | None) -> list[int] | None:
-    if targets is None:
-        return None
-    if len(targets) != n:
-        raise CLIError(f"--targets: one per --images file ({n}), got {len(targets)}")
-    out = []
-    for t in targets:
-        if class_names is not None and t in class_names:
-            out.append(class_names.index(t))
-        elif t.lstrip("-").isdigit():
-            out.append(int(t))
-        else:
-            known = f" (classes: {', '.join(class_names)})" if class_names else ""
-            raise CLIError(f"--targets: unknown class {t!r}{known}")
-    return out
-
-
-def _mean_std(datamodule: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from zflight.data import IMAGENET_MEAN, IMAGENET_STD
-
-    mean = getattr(datamodule, "mean", None)
-    std = getattr(datamodule, "std", None)
-    if mean is None or std is None:
-        return IMAGENET_MEAN, IMAGENET_STD
-    return tuple(mean), tuple(std)
-
-
-def _display(images: torch.Tensor, datamodule: Any, dataset: Any) -> torch.Tensor:
-    if dataset is not None and hasattr(dataset, "denormalize"):
-        return dataset.denormalize(images)
-    mean, std = _mean_std(datamodule)
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    return (images * s + m).clamp(0, 1)
-
-
-def _safe(stem: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:40] or "image"
+    return None if targets is None else class_indices(targets, n, class_names, "--targets")
 
 
 def _as_option(message: str) -> str:
