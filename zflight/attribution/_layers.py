@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["resolve_layer", "forward_to", "LayerNotReachedError", "preserve_modes"]
+__all__ = ["resolve_layer", "forward_to", "layer_outputs", "LayerNotReachedError", "preserve_modes"]
 
 
 class LayerNotReachedError(ValueError):
@@ -106,6 +106,79 @@ def forward_to(
             f"layer {type(layer).__name__} returns {type(out).__name__}, not a tensor"
         )
     return out
+
+
+def layer_outputs(
+    model: nn.Module,
+    resolved: Sequence[tuple[str, nn.Module]],
+    images: torch.Tensor,
+    batch_size: int,
+    *,
+    device: str | torch.device | None = None,
+    logits: bool = False,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Run ``model`` over ``images`` once per batch and collect several layers' outputs, flattened.
+
+    Every layer in ``resolved`` is captured by a forward hook during one full forward pass per
+    batch (hooks removed even when the forward raises). A module called twice keeps its first
+    output, as :func:`forward_to` does. Outputs are detached.
+
+    Args:
+        model: the network (its mode is left as it is; see :func:`preserve_modes`).
+        resolved: ``(name, module)`` pairs from :func:`resolve_layer`.
+        images: the inputs, already on the model's device.
+        batch_size: images per forward pass.
+        device: where each batch's features are moved (``None``: left where the model ran).
+        logits: also return the model's outputs, which must be ``[N, classes]`` logits.
+
+    Returns:
+        ``({name: [N, features]}, [N, classes] logits or None)``.
+
+    Raises:
+        ValueError: with ``logits``, the model does not return a 2-d tensor.
+        LayerNotReachedError: a layer was never called in the forward pass.
+        TypeError: a layer returns something other than a tensor.
+
+    Example:
+        >>> feats, out = layer_outputs(model, [resolve_layer(model, "relu5")], x, 64, logits=True)  # doctest: +SKIP
+    """
+    feats: dict[str, list[torch.Tensor]] = {name: [] for name, _ in resolved}
+    outs: list[torch.Tensor] = []
+    current: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str) -> Any:
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"layer {name!r} returns {type(out).__name__}, not a tensor")
+            # A module called twice (shared) keeps its first output, as forward_to does.
+            current.setdefault(name, out.detach())
+
+        return hook
+
+    handles = [module.register_forward_hook(make_hook(name)) for name, module in resolved]
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            current.clear()
+            out = model(images[start : start + batch_size])
+            if logits and (not isinstance(out, torch.Tensor) or out.dim() != 2):
+                raise ValueError(
+                    f"model must return [N, classes] logits, got "
+                    f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+                )
+            missing = [name for name, _ in resolved if name not in current]
+            if missing:
+                raise LayerNotReachedError(
+                    f"layers {missing} were never called in the forward pass of {type(model).__name__}"
+                )
+            for name in feats:
+                f = current[name].flatten(1)
+                feats[name].append(f if device is None else f.to(device))
+            if logits:
+                outs.append(out.detach())
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: torch.cat(v) for name, v in feats.items()}, (torch.cat(outs) if logits else None)
 
 
 def _as_tuple(args: Any) -> tuple:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zflight.attribution._layers import LayerNotReachedError, preserve_modes, resolve_layer
+from zflight.attribution._layers import layer_outputs, preserve_modes, resolve_layer
 
 __all__ = [
     "Correspondence",
@@ -314,8 +314,9 @@ def feature_changes(
     resolved = [resolve_layer(model, layer) for layer in layers]
     device = _device(model, images)
     with preserve_modes(model, eval_mode=True):
-        orig = _features(model, resolved, images.to(device), batch_size)
-        hidden = _features(model, resolved, apply_masks(images, masks, fill).to(device), batch_size)
+        orig, _ = layer_outputs(model, resolved, images.to(device), batch_size, device="cpu")
+        hidden, _ = layer_outputs(model, resolved, apply_masks(images, masks, fill).to(device), batch_size,
+                                  device="cpu")
     out = {}
     for name, _ in resolved:
         eps = orig[name] - hidden[name]
@@ -428,37 +429,6 @@ def _match_layer(layers: list[str], layer: str) -> tuple[str, int]:
         if name == layer or name.endswith("." + layer):
             return name, k
     raise KeyError(f"layer {layer!r} is not one of {layers}")
-
-
-def _features(
-    model: nn.Module, resolved: list[tuple[str, nn.Module]], images: torch.Tensor, batch_size: int
-) -> dict[str, torch.Tensor]:
-    """Flattened outputs of every layer in ``resolved``; one full forward per batch."""
-    feats: dict[str, list[torch.Tensor]] = {name: [] for name, _ in resolved}
-    current: dict[str, torch.Tensor] = {}
-
-    def make_hook(name: str) -> Any:
-        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"layer {name!r} returns {type(out).__name__}, not a tensor")
-            current.setdefault(name, out.detach())
-
-        return hook
-
-    handles = [module.register_forward_hook(make_hook(name)) for name, module in resolved]
-    try:
-        for start in range(0, images.shape[0], batch_size):
-            current.clear()
-            model(images[start : start + batch_size])
-            missing = [name for name, _ in resolved if name not in current]
-            if missing:
-                raise LayerNotReachedError(f"layers {missing} were never called in the forward pass")
-            for name in feats:
-                feats[name].append(current[name].flatten(1).cpu())
-    finally:
-        for hd in handles:
-            hd.remove()
-    return {name: torch.cat(v) for name, v in feats.items()}
 
 
 def _device(model: nn.Module, images: torch.Tensor) -> torch.device:

@@ -42,7 +42,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from zflight.attribution._layers import LayerNotReachedError, preserve_modes, resolve_layer
+from zflight.attribution._layers import layer_outputs, preserve_modes, resolve_layer
 
 __all__ = ["InvarianceCurves", "invariance_curves", "transform_images", "default_amounts", "TRANSFORMS"]
 
@@ -258,7 +258,7 @@ def invariance_curves(
     images = images.to(device)
     with preserve_modes(model, eval_mode=True):
         # The originals: reference features and the number of classes.
-        ref_feats, logits = _run(model, resolved, images, batch_size)
+        ref_feats, logits = layer_outputs(model, resolved, images, batch_size, logits=True)
         num_classes = logits.shape[1]
         label_t = _labels(labels, n, num_classes).to(device)
         ref = {name: f.flatten(1) for name, f in ref_feats.items()}
@@ -268,7 +268,7 @@ def invariance_curves(
         predicted = torch.zeros(n, a, dtype=torch.long)
         for j, amount in enumerate(amount_list):
             moved = transform_images(images, transform, amount, fill=fill)
-            feats, out = _run(model, resolved, moved, batch_size)
+            feats, out = layer_outputs(model, resolved, moved, batch_size, logits=True)
             p = out.softmax(dim=1)
             prob[:, j] = p.gather(1, label_t[:, None])[:, 0].cpu()
             predicted[:, j] = p.argmax(dim=1).cpu()
@@ -298,47 +298,6 @@ def invariance_curves(
 
 
 # ------------------------------------------------------------------------------------ internals
-def _run(
-    model: nn.Module, resolved: list[tuple[str, nn.Module]], images: torch.Tensor, batch_size: int
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One forward per batch; every asked layer's output captured by hooks (removed in finally)."""
-    feats: dict[str, list[torch.Tensor]] = {name: [] for name, _ in resolved}
-    outs: list[torch.Tensor] = []
-    current: dict[str, torch.Tensor] = {}
-
-    def make_hook(name: str) -> Any:
-        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"layer {name!r} returns {type(out).__name__}, not a tensor")
-            # A module called twice (shared) keeps its first output, as forward_to does.
-            current.setdefault(name, out.detach())
-
-        return hook
-
-    handles = [module.register_forward_hook(make_hook(name)) for name, module in resolved]
-    try:
-        for start in range(0, images.shape[0], batch_size):
-            current.clear()
-            out = model(images[start : start + batch_size])
-            if not isinstance(out, torch.Tensor) or out.dim() != 2:
-                raise ValueError(
-                    f"model must return [N, classes] logits, got "
-                    f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
-                )
-            missing = [name for name, _ in resolved if name not in current]
-            if missing:
-                raise LayerNotReachedError(
-                    f"layers {missing} were never called in the forward pass of {type(model).__name__}"
-                )
-            for name in feats:
-                feats[name].append(current[name])
-            outs.append(out.detach())
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: torch.cat(v) for name, v in feats.items()}, torch.cat(outs)
-
-
 def _labels(labels: int | Sequence[int] | torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
     if isinstance(labels, bool):
         raise ValueError(f"labels must be ints, got {labels!r}")
