@@ -140,6 +140,9 @@ class Chain:
         rest_modules: modules that the rest of the model consists of.
         rests: candidate functions features -> logits, tried in order by :meth:`verify`.
         rest: the candidate that reproduced the model's output (set by :meth:`verify`).
+        rest_macs: multiply-adds of the rest for one image (set by :meth:`verify`).
+        shapes: ``(C, H, W)`` of every op's input, then of the chain's output (set by
+            :meth:`verify`).
     """
 
     model: nn.Module
@@ -148,13 +151,7 @@ class Chain:
     rests: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]
     rest: Callable[[torch.Tensor], torch.Tensor] | None = None
     rest_macs: int = 0
-    shapes: list[tuple[int, int, int]] = field(default_factory=list)  # (C, H, W) per op input
-
-    def run_full(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Apply ops ``start .. stop-1`` on full maps (never in place)."""
-        for op in self.ops[start:stop]:
-            x = _apply(op, x)
-        return x
+    shapes: list[tuple[int, int, int]] = field(default_factory=list)
 
     def verify(self, x1: torch.Tensor) -> None:
         """Check on one image that the model is ``rest(chain(x))``; record shapes and MACs.
