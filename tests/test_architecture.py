@@ -152,3 +152,51 @@ def test_compare_cli_bad_input_one_message_no_output(ckpts, tmp_path, capsys, ex
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def _write_pngs(folder, *colors):
+    from PIL import Image
+
+    paths = []
+    for k, color in enumerate(colors):
+        path = folder / f"img{k}.png"
+        Image.new("RGB", (80, 70), color).save(path)  # not square, not 64 px: resized like occlusion's
+        paths.append(str(path))
+    return paths
+
+
+def test_compare_cli_writes_figures_and_json_from_image_files(ckpts, tmp_path):
+    files = _write_pngs(tmp_path, (200, 30, 30), (30, 30, 200), (30, 200, 30))
+    out = tmp_path / "cmp"
+    compare_main(["--ckpt_path", str(ckpts[0]), "--ckpt_path_b", str(ckpts[1]), "--out", str(out),
+                  "--images", *files, "--maps", "2", "--max_shift", "2"])
+    for name in ("compare.png", "filters_a.png", "filters_b.png", "compare.json"):
+        assert (out / name).stat().st_size > 100
+    data = json.loads((out / "compare.json").read_text())
+    assert data["images"] == files and "split" not in data
+    for model in data["models"].values():
+        assert model["num_probe_images"] == 3
+        assert all(0 <= i < 3 for i in model["projected_from_images"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp", "img0.png", "img1.png", "img2.png"]
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--images", "{missing}"], "--images: no such file: {missing}"),
+        (["--images", "{good}", "{bad}"], "--images: cannot read image file {bad}"),
+        (["--images", "{good}", "--num_images", "4"], "--num_images goes with data set images"),
+    ],
+)
+def test_compare_cli_bad_image_files_one_message_no_output(ckpts, tmp_path, capsys, extra, words):
+    (good,) = _write_pngs(tmp_path, (10, 200, 10))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    names = {"missing": str(tmp_path / "missing.png"), "bad": str(bad), "good": good}
+    with pytest.raises(SystemExit) as exc:
+        compare_main(["--ckpt_path", str(ckpts[0]), "--ckpt_path_b", str(ckpts[1]), "--out",
+                      str(tmp_path / "c"), "--maps", "2", *[a.format(**names) for a in extra]])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words.format(**names) in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "img0.png"]

@@ -12,7 +12,14 @@ Usage (the paper's order: the Krizhevsky replication first, ZFNet second)::
     python -m zflight compare --ckpt_path runs/compare/alexnet_zf/version_0/checkpoints/last.ckpt \\
         --ckpt_path_b runs/compare/zfnet/version_0/checkpoints/last.ckpt --out out/compare
 
-writes ``compare.png``, ``filters_a.png``, ``filters_b.png`` and ``compare.json``.
+writes ``compare.png``, ``filters_a.png``, ``filters_b.png`` and ``compare.json``. The probe
+images are the first ``--num_images`` of the split of the embedded data set, or image files::
+
+    python -m zflight compare --ckpt_path A.ckpt --ckpt_path_b B.ckpt --out out/compare \\
+        --images a.png b.png c.png
+
+each read for each model as :func:`~zflight.analyses._common.load_image_files` reads them
+(through that checkpoint's data-module evaluation transform, or resized to its image size).
 """
 
 from __future__ import annotations
@@ -32,8 +39,11 @@ from zflight.analyses._common import (
     check_out,
     common_arguments,
     embedded_dataset,
+    load_image_files,
     load_network,
     output_dir,
+    read_ckpt,
+    rebuild_data,
     run_cli,
     write_json,
 )
@@ -164,12 +174,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m zflight compare",
         description="Architecture selection (Fig. 6): layer-1 filters, layer-2 projections and their numbers for two checkpoints.",
     )
-    common_arguments(p, indices=None)
+    common_arguments(p, indices=None, images=True)
     p.add_argument("--ckpt_path_b", required=True, help="the second checkpoint (the paper: ZFNet)")
     p.add_argument("--names", nargs=2, default=None,
                    help="display names of the two models (default: their arch, e.g. alexnet_zf zfnet)")
-    p.add_argument("--num_images", type=int, default=256,
-                   help="probe images: the first ones of the split (default: 256)")
+    p.add_argument("--num_images", type=int, default=None,
+                   help="probe images: the first ones of the split (default: 256; not with --images)")
     p.add_argument("--maps", type=int, default=16, help="layer-2 feature maps projected per model")
     p.add_argument("--filter_layer", default="conv1")
     p.add_argument("--activity_layer", default="relu1")
@@ -198,30 +208,39 @@ def main(argv: Sequence[str] | None = None) -> Path:
 def _run(args: argparse.Namespace) -> Path:
     from zflight.figures import filter_grid, save_png
 
+    if args.images is not None and args.num_images is not None:
+        raise AnalysisError("--num_images goes with data set images; with --images every file is a probe image")
     check_out(args.out, args.overwrite)
+    if args.num_images is None:
+        args.num_images = 256
     if args.num_images < 1:
         raise AnalysisError(f"--num_images must be >= 1, got {args.num_images}")
     if args.maps < 1:
         raise AnalysisError(f"--maps must be >= 1, got {args.maps}")
     loaded = []
     for flag, path in (("--ckpt_path", args.ckpt_path), ("--ckpt_path_b", args.ckpt_path_b)):
-        loaded.append(load_network(path, flag))
+        loaded.append(_load(path, flag, args.images))
     names = list(args.names) if args.names else [str(hp.get("arch", "model")) for _, hp, _ in loaded]
     if names[0] == names[1]:
         names = [f"{names[0]} (a)", f"{names[1]} (b)"]
     models, images, sources = {}, {}, {}
     for name, (model, hp, data_hp) in zip(names, loaded):
-        dataset = embedded_dataset(hp, data_hp, args.split)
-        n = min(args.num_images, len(dataset))
+        if args.images is not None:
+            # Each model reads the files as its own data module would (its size, its normalization).
+            images[name], _, _ = load_image_files(args.images, data_hp, int(hp.get("image_size", 64)))
+        else:
+            dataset = embedded_dataset(hp, data_hp, args.split)
+            n = min(args.num_images, len(dataset))
+            images[name] = torch.stack([dataset[i][0] for i in range(n)])
         models[name] = model
-        images[name] = torch.stack([dataset[i][0] for i in range(n)])
-        sources[name] = {"arch": hp.get("arch"), "num_probe_images": n}
+        sources[name] = {"arch": hp.get("arch"), "num_probe_images": int(images[name].shape[0])}
     results = compare_models(models, images, filter_layer=args.filter_layer,
                              activity_layer=args.activity_layer, feature_layer=args.feature_layer,
                              maps=args.maps, max_shift=args.max_shift, batch_size=args.batch_size)
     fig = compare_figure(results)
+    source = {"split": args.split} if args.images is None else {"images": [str(Path(f)) for f in args.images]}
     record = {
-        "split": args.split,
+        **source,
         "models": {
             name: {
                 "ckpt_path": str(path),
@@ -246,3 +265,13 @@ def _run(args: argparse.Namespace) -> Path:
               f"above stride Nyquist {rep.stride_aliasing:.3f}, layer-2 shift aliasing {shift:.4f}")
     print(f"zflight compare: wrote {Path(args.out) / 'compare.png'} and compare.json")
     return Path(args.out)
+
+
+def _load(path: str, flag: str, files: Sequence[str] | None) -> tuple[torch.nn.Module, dict[str, Any], Any]:
+    """The network, its hyperparameters and, per probe source, its data: the data-module
+    hyperparameters (data set images) or the rebuilt data module (``--images``; may be ``None``)."""
+    if files is None:
+        return load_network(path, flag)
+    module, dm_hparams = read_ckpt(path, flag)
+    hparams = dict(module.hparams)
+    return module.model.eval(), hparams, rebuild_data(dm_hparams, int(hparams.get("image_size", 64)))
