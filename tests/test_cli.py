@@ -62,11 +62,21 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     assert ckpt["hyper_parameters"]["num_classes"] == 10
 
 
-def test_ckpt_path_last_resumes_the_same_run(tmp_path):
+def test_ckpt_path_last_resumes_the_same_run(tmp_path, monkeypatch):
     main(["fit", *_tiny(tmp_path)])
     last = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=True)
+    loads = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
     main(["fit", *_tiny(tmp_path, "--trainer.max_epochs=2", "--ckpt_path=last")])
+    monkeypatch.undo()
+    assert loads and all(flag is True for flag in loads)  # resumed without unpickling code
     run = _run_dir(tmp_path)  # still one version folder: the resumed run continued it
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     # 48 images at batch 16: 3 steps per epoch; the second run added exactly one epoch

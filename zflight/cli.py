@@ -60,10 +60,15 @@ class ZFlightCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
+        # Checkpoints are read with weights_only=True unless the user says otherwise.
         # `--ckpt_path last` should continue the run it names: point a version-less
         # TensorBoardLogger at the newest existing version, so the checkpoint folder that
         # Lightning searches for last.ckpt (and the TensorBoard run) is that run's, not a new one.
         config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if config is not None and "weights_only" in config and config.get("weights_only") is None:
+            # Never unpickle code from a checkpoint unless the user asks (`--weights_only false`);
+            # torch < 2.6 would otherwise default to full unpickling.
+            config.weights_only = True
         if config is None or config.get("ckpt_path") != "last":
             return
         logger = config.get("trainer.logger")
