@@ -15,6 +15,17 @@ Usage::
 
 writes ``correspondence.png`` (per class: an image with its masks, Δ per pair as bars with
 ± std) and ``correspondence.json`` (per class: the table, every draw, the images used).
+
+Image files have no known landmarks, so each comes with the center of the part to hide::
+
+    python -m zflight correspondence --ckpt_path last.ckpt --out out/corr \\
+        --images a.png b.png c.png --points 20,14 31,40 12,50 --part_name eye
+
+``--points`` are ``X,Y`` pixel coordinates (column, row; from the top left) in the model's
+input, i.e. after :func:`~zflight.analyses._common.load_image_files` has resized (and, for an
+image-folder data module, center-cropped) the file, one per file in order. The part masks are
+the squares of side ``--size`` that :func:`~zflight.attribution.correspondence.keypoint_masks`
+makes, centered on the points; the random rows are as for data set images.
 """
 
 from __future__ import annotations
@@ -33,8 +44,11 @@ from zflight.analyses._common import (
     check_out,
     common_arguments,
     embedded_dataset,
+    load_image_files,
     load_network,
     output_dir,
+    read_ckpt,
+    rebuild_data,
     run_cli,
     write_json,
 )
@@ -112,15 +126,20 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m zflight correspondence",
         description="Correspondence of object parts across images (Table 1): Δ for part and random masks.",
     )
-    common_arguments(p, indices=None)
-    p.add_argument("--classes", nargs="+", default=["arrow"],
+    common_arguments(p, indices=None, images=True)
+    p.add_argument("--points", nargs="+", default=None, metavar="X,Y",
+                   help="with --images: the part's center in each file, in pixels of the model's input "
+                        "(after the resize of load_image_files), one per file")
+    p.add_argument("--part_name", default=None, help="with --images: the part's name (default: part)")
+    p.add_argument("--classes", nargs="+", default=None,
                    help="class names of the embedded data set, or 'all' (default: arrow)")
     p.add_argument("--parts", nargs="+", default=None,
                    help="landmarks to hide (default: every landmark of the class)")
     p.add_argument("--size", type=int, default=None, help="mask side in pixels (default: image side // 5)")
-    p.add_argument("--num_images", type=int, default=20,
+    p.add_argument("--num_images", type=int, default=None,
                    help="images of each class used: the first ones of the split (default: 20)")
-    p.add_argument("--subset_size", type=int, default=5, help="images per draw (the paper: 5)")
+    p.add_argument("--subset_size", type=int, default=None,
+                   help="images per draw (default: 5, the paper's; with --images at most their number)")
     p.add_argument("--repeats", type=int, default=20, help="random draws for mean ± std")
     p.add_argument("--layers", nargs="+", default=["relu5", "relu7"],
                    help="layers (default: relu5 relu7, the paper's layers 5 and 7)")
@@ -146,6 +165,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 def _run(args: argparse.Namespace) -> Path:
+    if args.images is not None:
+        return _run_files(args)
+    for flag in ("points", "part_name"):
+        if getattr(args, flag) is not None:
+            raise AnalysisError(f"--{flag} goes with --images (data set images use their known landmarks)")
+    args.classes = args.classes or ["arrow"]
+    args.num_images = 20 if args.num_images is None else args.num_images
+    args.subset_size = 5 if args.subset_size is None else args.subset_size
     check_out(args.out, args.overwrite)
     model, hparams, data_hp = load_network(args.ckpt_path)
     dataset = embedded_dataset(hparams, data_hp, args.split)
@@ -192,5 +219,89 @@ def _run(args: argparse.Namespace) -> Path:
         save_figure(fig, tmp / "correspondence.png")
         write_json({"ckpt_path": str(args.ckpt_path), "split": args.split, "classes": record},
                    tmp / "correspondence.json")
+    print(f"\nzflight correspondence: wrote {Path(args.out) / 'correspondence.png'} and correspondence.json")
+    return Path(args.out)
+
+
+def _parse_points(values: Sequence[str]) -> list[tuple[float, float]]:
+    """``["X,Y", ...]`` → ``[(x, y), ...]``."""
+    points = []
+    for v in values:
+        parts = v.split(",")
+        try:
+            x, y = (float(t) for t in parts)
+        except ValueError:
+            raise AnalysisError(f"--points: {v!r} is not X,Y (two numbers, e.g. 20,14)") from None
+        points.append((x, y))
+    return points
+
+
+class _Points:
+    """One named landmark per image, as :func:`keypoint_masks` reads them."""
+
+    def __init__(self, name: str, points: Sequence[tuple[float, float]]) -> None:
+        self.name, self.points = name, list(points)
+
+    def keypoints(self, i: int) -> dict[str, tuple[float, float]]:
+        return {self.name: self.points[i]}
+
+
+def _run_files(args: argparse.Namespace) -> Path:
+    """``--images`` with ``--points``: one part, centered on a given point in each file."""
+    for flag in ("classes", "parts", "num_images"):
+        if getattr(args, flag) is not None:
+            raise AnalysisError(f"--{flag} goes with data set images; with --images every file is used "
+                                "and --points gives the part")
+    n = len(args.images)
+    if n < 2:
+        raise AnalysisError(f"--images: give at least 2 image files to compare, got {n}")
+    if args.points is None:
+        raise AnalysisError("--points: give the part's center X,Y in each --images file (image files "
+                            "have no known landmarks)")
+    if len(args.points) != n:
+        raise AnalysisError(f"--points: one X,Y per --images file ({n}), got {len(args.points)}")
+    points = _parse_points(args.points)
+    subset_size = min(5, n) if args.subset_size is None else args.subset_size
+    if not 2 <= subset_size <= n:
+        raise AnalysisError(f"--subset_size must be in 2..{n} (the number of --images files), got {subset_size}")
+    part = args.part_name if args.part_name is not None else "part"
+    if not part.strip() or part == "random":
+        raise AnalysisError(f"--part_name: {part!r} cannot name a part (nor 'random', the random row)")
+    check_out(args.out, args.overwrite)
+    module, dm_hparams = read_ckpt(args.ckpt_path)
+    model = module.model.eval()
+    image_size = int(module.hparams.get("image_size", 64))
+    datamodule = rebuild_data(dm_hparams, image_size)
+    images, shown, _ = load_image_files(args.images, datamodule, image_size)
+    h, w = images.shape[-2:]
+    if h != w:
+        raise AnalysisError(f"--images: the model's input is {w}x{h}, not square; part masks need a square input")
+    for f, v, (x, y) in zip(args.images, args.points, points):
+        if not (0 <= x < w and 0 <= y < h):
+            raise AnalysisError(f"--points: {v} is outside the {w}x{h} model input of {f} "
+                                f"(x in [0, {w}), y in [0, {h}))")
+    size = args.size if args.size is not None else max(1, h // 5)
+    if not 1 <= size <= h:
+        raise AnalysisError(f"--size must be in 1..{h} (the image side), got {size}")
+    masks = {part: keypoint_masks(_Points(part, points), range(n), part, size, image_size=h)}
+    res = correspondence(model, images, masks, layers=args.layers, fill=args.fill, subset_size=subset_size,
+                         repeats=args.repeats, seed=args.seed, batch_size=args.batch_size)
+    title = "image files"
+    fig = correspondence_figure({title: res}, {title: shown[0]}, {title: {part: masks[part][0]}})
+    record = {
+        "ckpt_path": str(args.ckpt_path),
+        "images": [str(Path(f)) for f in args.images],
+        "points": [list(pt) for pt in points],
+        "part_name": part,
+        "size": size,
+        "table": res.table(),
+        "table_per_pair": res.table(per_pair=True),
+        **res.to_dict(),
+    }
+    print(f"\n{title} (Δ = sum over ordered pairs of normalized Hamming distances; "
+          f"{res.subset_size} images per draw, {res.repeats} draws):\n{res.table()}")
+    with output_dir(args.out, overwrite=args.overwrite) as tmp:
+        save_figure(fig, tmp / "correspondence.png")
+        write_json(record, tmp / "correspondence.json")
     print(f"\nzflight correspondence: wrote {Path(args.out) / 'correspondence.png'} and correspondence.json")
     return Path(args.out)
