@@ -13,16 +13,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, busy CPU, OpenMP threads that spin waiting for each other make tiny models
-    # 50x slower; one thread each keeps these tests fast. Restored for other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_ckpt_factory(tmp_path_factory):
     """``make(val_size)``: a checkpoint of an untrained tiny ZFNet (seed 0) on 64 px shapes."""
@@ -37,3 +27,27 @@ def tiny_ckpt_factory(tmp_path_factory):
         return path
 
     return make
+
+
+@pytest.fixture
+def write_pngs():
+    """``write(folder, *colors, blob=False)``: one 80x70 PNG per colour, paths as str.
+
+    The size is neither square nor the model's 64 px, so the files are resized the way the
+    analysis CLIs resize image files. ``blob`` adds a light disc that moves with the index, so
+    the images differ in more than their colour.
+    """
+    from PIL import Image, ImageDraw
+
+    def write(folder: Path, *colors: tuple[int, int, int], blob: bool = False) -> list[str]:
+        paths = []
+        for k, color in enumerate(colors):
+            path = folder / f"img{k}.png"
+            img = Image.new("RGB", (80, 70), color)
+            if blob:
+                ImageDraw.Draw(img).ellipse((20 + 5 * k, 15, 45 + 5 * k, 40), fill=(250, 250, 250))
+            img.save(path)
+            paths.append(str(path))
+        return paths
+
+    return write

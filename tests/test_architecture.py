@@ -154,19 +154,8 @@ def test_compare_cli_bad_input_one_message_no_output(ckpts, tmp_path, capsys, ex
     assert list(tmp_path.iterdir()) == []
 
 
-def _write_pngs(folder, *colors):
-    from PIL import Image
-
-    paths = []
-    for k, color in enumerate(colors):
-        path = folder / f"img{k}.png"
-        Image.new("RGB", (80, 70), color).save(path)  # not square, not 64 px: resized like occlusion's
-        paths.append(str(path))
-    return paths
-
-
-def test_compare_cli_writes_figures_and_json_from_image_files(ckpts, tmp_path):
-    files = _write_pngs(tmp_path, (200, 30, 30), (30, 30, 200), (30, 200, 30))
+def test_compare_cli_writes_figures_and_json_from_image_files(write_pngs, ckpts, tmp_path):
+    files = write_pngs(tmp_path, (200, 30, 30), (30, 30, 200), (30, 200, 30))
     out = tmp_path / "cmp"
     compare_main(["--ckpt_path", str(ckpts[0]), "--ckpt_path_b", str(ckpts[1]), "--out", str(out),
                   "--images", *files, "--maps", "2", "--max_shift", "2"])
@@ -188,8 +177,8 @@ def test_compare_cli_writes_figures_and_json_from_image_files(ckpts, tmp_path):
         (["--images", "{good}", "--num_images", "4"], "--num_images goes with data set images"),
     ],
 )
-def test_compare_cli_bad_image_files_one_message_no_output(ckpts, tmp_path, capsys, extra, words):
-    (good,) = _write_pngs(tmp_path, (10, 200, 10))
+def test_compare_cli_bad_image_files_one_message_no_output(write_pngs, ckpts, tmp_path, capsys, extra, words):
+    (good,) = write_pngs(tmp_path, (10, 200, 10))
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     names = {"missing": str(tmp_path / "missing.png"), "bad": str(bad), "good": good}

@@ -167,21 +167,8 @@ def test_cli_bad_input_one_message_no_output(tiny_ckpt, tmp_path, capsys, extra,
     assert list(tmp_path.iterdir()) == []
 
 
-def _write_pngs(folder, *colors):
-    from PIL import Image, ImageDraw
-
-    paths = []
-    for k, color in enumerate(colors):
-        path = folder / f"img{k}.png"
-        img = Image.new("RGB", (80, 70), color)  # not square, not 64 px: resized like occlusion's
-        ImageDraw.Draw(img).ellipse((20 + 5 * k, 15, 45 + 5 * k, 40), fill=(250, 250, 250))
-        img.save(path)
-        paths.append(str(path))
-    return paths
-
-
-def test_cli_writes_png_and_json_from_image_files(tiny_ckpt, tmp_path):
-    files = _write_pngs(tmp_path, (200, 30, 30), (30, 30, 200), (30, 200, 30))
+def test_cli_writes_png_and_json_from_image_files(write_pngs, tiny_ckpt, tmp_path):
+    files = write_pngs(tmp_path, (200, 30, 30), (30, 30, 200), (30, 200, 30), blob=True)
     out = tmp_path / "corr"
     correspondence_main(["--ckpt_path", str(tiny_ckpt), "--out", str(out), "--images", *files,
                          "--points", "20,14", "31.5,40", "63,0", "--part_name", "eye", "--size", "9",
@@ -216,8 +203,8 @@ def test_cli_writes_png_and_json_from_image_files(tiny_ckpt, tmp_path):
         (["--images", "{good}", "{good}", "--points", "1,1", "2,2", "--size", "65"], "--size"),
     ],
 )
-def test_cli_bad_image_files_one_message_no_output(tiny_ckpt, tmp_path, capsys, extra, words):
-    (good,) = _write_pngs(tmp_path, (10, 200, 10))
+def test_cli_bad_image_files_one_message_no_output(write_pngs, tiny_ckpt, tmp_path, capsys, extra, words):
+    (good,) = write_pngs(tmp_path, (10, 200, 10), blob=True)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     names = {"missing": str(tmp_path / "missing.png"), "bad": str(bad), "good": good}
@@ -230,8 +217,8 @@ def test_cli_bad_image_files_one_message_no_output(tiny_ckpt, tmp_path, capsys, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "img0.png"]
 
 
-def test_cli_images_and_data_set_flags_do_not_mix(tiny_ckpt, tmp_path, capsys):
-    files = _write_pngs(tmp_path, (10, 200, 10), (200, 10, 10))
+def test_cli_images_and_data_set_flags_do_not_mix(write_pngs, tiny_ckpt, tmp_path, capsys):
+    files = write_pngs(tmp_path, (10, 200, 10), (200, 10, 10), blob=True)
     with pytest.raises(SystemExit) as exc:
         correspondence_main(["--ckpt_path", str(tiny_ckpt), "--out", str(tmp_path / "c"), "--images", *files,
                              "--points", "1,1", "2,2", "--classes", "arrow"])

@@ -138,19 +138,8 @@ def test_cli_bad_input_one_message_no_output(tiny_ckpt, tmp_path, capsys, extra,
     assert list(tmp_path.iterdir()) == []
 
 
-def _write_pngs(folder, *colors):
-    from PIL import Image
-
-    paths = []
-    for k, color in enumerate(colors):
-        path = folder / f"img{k}.png"
-        Image.new("RGB", (80, 70), color).save(path)  # not square, not 64 px: resized like occlusion's
-        paths.append(str(path))
-    return paths
-
-
-def test_cli_writes_png_and_json_from_image_files(tiny_ckpt, tmp_path):
-    files = _write_pngs(tmp_path, (200, 30, 30), (30, 30, 200))
+def test_cli_writes_png_and_json_from_image_files(write_pngs, tiny_ckpt, tmp_path):
+    files = write_pngs(tmp_path, (200, 30, 30), (30, 30, 200))
     out = tmp_path / "inv"
     invariance_main(["--ckpt_path", str(tiny_ckpt), "--out", str(out), "--images", *files,
                      "--labels", "ring", "3", "--translate_amounts", "0", "8", "--scale_amounts", "1", "1.5",
@@ -179,8 +168,8 @@ def test_cli_writes_png_and_json_from_image_files(tiny_ckpt, tmp_path):
         (["--indices", "0", "--labels", "0"], "--labels goes with --images"),
     ],
 )
-def test_cli_bad_image_files_one_message_no_output(tiny_ckpt, tmp_path, capsys, extra, words):
-    (good,) = _write_pngs(tmp_path, (10, 200, 10))
+def test_cli_bad_image_files_one_message_no_output(write_pngs, tiny_ckpt, tmp_path, capsys, extra, words):
+    (good,) = write_pngs(tmp_path, (10, 200, 10))
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     names = {"missing": str(tmp_path / "missing.png"), "bad": str(bad), "good": good}
@@ -195,8 +184,8 @@ def test_cli_bad_image_files_one_message_no_output(tiny_ckpt, tmp_path, capsys, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "img0.png"]
 
 
-def test_cli_images_and_indices_are_mutually_exclusive(tiny_ckpt, tmp_path, capsys):
-    (good,) = _write_pngs(tmp_path, (10, 200, 10))
+def test_cli_images_and_indices_are_mutually_exclusive(write_pngs, tiny_ckpt, tmp_path, capsys):
+    (good,) = write_pngs(tmp_path, (10, 200, 10))
     with pytest.raises(SystemExit) as exc:
         invariance_main(["--ckpt_path", str(tiny_ckpt), "--out", str(tmp_path / "inv"),
                          "--indices", "0", "--images", good, "--labels", "0"])
