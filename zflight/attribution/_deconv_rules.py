@@ -79,32 +79,29 @@ NORMALIZATION_FUNCS: frozenset = _existing(F.local_response_norm)
 NORMALIZATION_MODULES: tuple[type[nn.Module], ...] = (nn.LocalResponseNorm, nn.CrossMapLRN2d)
 
 
-class _RectifiedBackward(torch.autograd.Function):
-    """Forward: the original activation call. Backward: ``relu(grad)``, whatever the input was."""
+class _SameForward(torch.autograd.Function):
+    """Forward: the original call, unchanged. Subclasses choose the backward."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, call: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         out = call(x)
         if out is x:
-            # The activation ran in place: tell autograd, so the version counter and any view
-            # of x are rebased onto this node exactly as for a built-in in-place op.
+            # The call ran in place: tell autograd, so the version counter and any view of x are
+            # rebased onto this node exactly as for a built-in in-place op.
             ctx.mark_dirty(x)
         return out
+
+
+class _RectifiedBackward(_SameForward):
+    """Forward: the original activation call. Backward: ``relu(grad)``, whatever the input was."""
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return torch.relu(grad), None
 
 
-class _IdentityBackward(torch.autograd.Function):
+class _IdentityBackward(_SameForward):
     """Forward: the original normalization call. Backward: the signal passes unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, call: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-        out = call(x)
-        if out is x:
-            ctx.mark_dirty(x)
-        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
