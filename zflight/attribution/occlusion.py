@@ -290,7 +290,8 @@ def occlusion_maps(
     show = progress if progress is not None else total >= _PROGRESS_MIN_FORWARDS
 
     with preserve_modes(model, eval_mode=True), torch.no_grad():
-        base_probs, base_acts = _score_batches(model, images, probe, batch_size)
+        base_logits, base_acts = _score_batches(model, images, probe, batch_size)
+        base_probs = _softmax(base_logits, n)
         num_classes = base_probs.shape[1]
         tgt = _targets(targets, n, num_classes, base_probs, images.device)
         channel = base_act = None
@@ -305,6 +306,7 @@ def occlusion_maps(
             probe_module=probe.module if probe is not None else None,
             incremental=incremental,
             approximate=float(approximate) if approximate is not None else None,
+            reference=base_logits[:1],
         )
 
         prob = torch.empty(total, dtype=base_probs.dtype, device=images.device)
@@ -415,6 +417,21 @@ class _LayerProbe:
         return logits, captured[0]
 
 
+def _logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    probe: _LayerProbe | None,
+    channels: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's logits ``[B, K]`` for ``x`` (shape checked) and, with a probe, what it records."""
+    if probe is None:
+        logits, recorded = model(x), None
+    else:
+        logits, recorded = probe.run(x, channels)
+    _check_logits(logits, x.shape[0])
+    return logits, recorded
+
+
 def _forward(
     model: nn.Module,
     x: torch.Tensor,
@@ -422,20 +439,21 @@ def _forward(
     channels: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Softmax probabilities ``[B, K]`` of ``x`` and, with a probe, what it records."""
-    if probe is None:
-        logits, recorded = model(x), None
-    else:
-        logits, recorded = probe.run(x, channels)
+    logits, recorded = _logits(model, x, probe, channels)
     return _softmax(logits, x.shape[0]), recorded
 
 
-def _softmax(logits: Any, batch: int) -> torch.Tensor:
-    """Softmax probabilities ``[B, K]`` of the logits, after checking their shape."""
+def _check_logits(logits: Any, batch: int) -> None:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(
             f"model must return class scores [B, classes] for a batch of B images, got {shape}"
         )
+
+
+def _softmax(logits: Any, batch: int) -> torch.Tensor:
+    """Softmax probabilities ``[B, K]`` of the logits, after checking their shape."""
+    _check_logits(logits, batch)
     # float32 at least, so that fp16 logits do not make every small change vanish.
     return torch.softmax(logits.float(), dim=1)
 
@@ -446,13 +464,14 @@ def _score_batches(
     probe: _LayerProbe | None,
     batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The unoccluded pass: probabilities ``[N, K]`` and (with a probe) each map's max and sum."""
-    probs, recs = [], []
+    """The unoccluded pass: logits ``[N, K]`` and (with a probe) each map's max and sum."""
+    logits, recs = [], []
     for start in range(0, images.shape[0], batch_size):
-        p, r = _forward(model, images[start : start + batch_size], probe, None)
-        probs.append(p)
+        x = images[start : start + batch_size]
+        out, r = _logits(model, x, probe, None)
+        logits.append(out)
         recs.append(r)
-    return torch.cat(probs), (torch.cat(recs) if probe is not None else None)
+    return torch.cat(logits), (torch.cat(recs) if probe is not None else None)
 
 
 def _score_occluded(
