@@ -133,6 +133,27 @@ def test_both_window_layouts_are_exact(monkeypatch, name, windows):
                  occlusion_maps(model, images, None, incremental=False, **kw))
 
 
+@pytest.mark.parametrize("winograd", [True, False])
+def test_winograd_windows_are_exact_and_multiply_less(monkeypatch, winograd):
+    """vgg11's 3x3 windows with >= 128 channels run as Winograd convolutions on the CPU."""
+    monkeypatch.setattr(_incremental, "_default_winograd", lambda device: winograd)
+    model = _model("vgg11", 64)
+    torch.manual_seed(3)
+    images = torch.randn(1, 3, 64, 64)
+    kw = dict(size=16, stride=12, batch_size=16)
+    _assert_same(occlusion_maps(model, images, [2], incremental=True, **kw),
+                 occlusion_maps(model, images, [2], incremental=False, **kw))
+    with torch.no_grad():
+        scorer = _incremental.make_scorer(model, images, size=16, stride=12, probe_module=None,
+                                          incremental=True, approximate=None)
+    layers, plan = list(scorer._winograd), scorer.plan
+    if winograd:
+        assert layers and all(scorer.ops[i].module.in_channels >= 128 for i in layers)
+        assert plan.macs_run < plan.macs_incremental < plan.macs_full
+    else:
+        assert layers == [] and plan.macs_run == plan.macs_incremental
+
+
 def test_float64_is_exact_to_float64_rounding():
     model = _model("zfnet", 64, torch.float64)
     images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
