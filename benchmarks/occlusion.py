@@ -16,11 +16,14 @@ other processes on a shared machine hits all of them alike:
 - ``full``: ``occlusion_maps(..., incremental=False)``: one full forward per occluded image.
 - ``incremental``: ``occlusion_maps(..., incremental=True)``: exact incremental inference
   (``windows`` per device: per-class windows on a CPU, one window size per layer on a GPU;
-  ``--windows`` forces one).
+  ``--windows`` forces one). On the CPU the windows of 3x3 convolutions with >= 128 channels
+  run as Winograd convolutions.
+- ``direct``: the same incremental path with every window run as a direct convolution (no
+  Winograd): what the windows alone give.
 
 It also counts the multiply-adds (convolutions and linear layers) of one occluded image each
-way, from the plan the incremental path runs, and prints how close each measured speed-up comes
-to the counted one. ``--out`` writes the table as Markdown.
+way, from the plan the incremental path runs (windows counted as direct convolutions, and as
+run, with Winograd), and prints how close each measured speed-up comes to the counted one. ``--out`` writes the table as Markdown.
 
     python benchmarks/occlusion.py                                # CPU, all three models
     python benchmarks/occlusion.py --models zfnet --images 2 --repeats 3
@@ -38,7 +41,7 @@ from datetime import datetime, timezone
 
 import torch
 
-METHODS = ("captum", "full", "incremental")
+METHODS = ("captum", "full", "direct", "incremental")
 JOBS = {  # model: (square size, stride)
     "zfnet": (48, 8),
     "vgg16": (48, 16),
@@ -92,8 +95,16 @@ def _run(method: str, model: torch.nn.Module, images: torch.Tensor, targets: tor
                 perturbations_per_eval=batch, show_progress=False,
             )
         return attr
-    maps = occlusion_maps(model, images, targets, size=size, stride=stride, batch_size=batch,
-                          incremental=method == "incremental", progress=False)
+    from zflight.attribution import _incremental
+
+    default = _incremental._default_winograd
+    if method == "direct":  # benchmark-only: the windows without Winograd
+        _incremental._default_winograd = lambda device: False
+    try:
+        maps = occlusion_maps(model, images, targets, size=size, stride=stride,
+                              batch_size=batch, incremental=method != "full", progress=False)
+    finally:
+        _incremental._default_winograd = default
     return maps.prob
 
 
@@ -155,13 +166,16 @@ def main(argv: list[str] | None = None) -> None:
                 times[m].append(time.perf_counter() - t0)
                 print(f"{name:8s} {m:12s} {times[m][-1]:8.2f} s", flush=True)
         err = float("nan")
-        if "full" in outputs and "incremental" in outputs:
-            full, inc = outputs["full"], outputs["incremental"]
-            err = float(((inc - full).abs() / full.abs()).max())
+        if "full" in outputs:
+            full = outputs["full"]
+            errs = [float(((outputs[m] - full).abs() / full.abs()).max())
+                    for m in ("direct", "incremental") if m in outputs]
+            err = max(errs, default=float("nan"))
         med = {m: statistics.median(t) for m, t in times.items()}
         rows.append(dict(model=name, size=size, stride=stride, positions=positions,
                          images=args.images, med=med, macs_full=plan.macs_full,
-                         macs_inc=plan.macs_incremental, switch=plan.switch,
+                         macs_inc=plan.macs_incremental, macs_run=plan.macs_run,
+                         switch=plan.switch,
                          n_ops=len(scorer.ops), err=err,
                          windows="exact" if plan.exact_windows else "fixed"))
     table = _table(rows, args, machine, date)
@@ -177,28 +191,34 @@ def _table(rows: list[dict], args: argparse.Namespace, machine: str, date: str) 
         f"occluded images per forward; {args.images} image(s) of {args.image_size}² px; median of "
         f"{args.repeats} run(s) per method, methods interleaved in one process.",
         "",
-        "| model | square / stride (positions) | Captum s | full s | incremental s "
-        "| incr. vs Captum | incr. vs full | MACs full / incr. per map (counted ratio) "
-        "| measured / counted | max rel. error incr. vs full |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | square / stride (positions) | Captum s | full s | direct s | incremental s "
+        "| incr. vs Captum | incr. vs full | direct vs full "
+        "| MACs full / direct windows (counted ratio) | as run, Winograd (counted ratio) "
+        "| measured / counted: direct, incr. | max rel. error vs full |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    nan = float("nan")
     for r in rows:
         med = r["med"]
         n = r["positions"] * r["images"]
         counted = r["macs_full"] / r["macs_inc"]
-        cap = med.get("captum", float("nan"))
-        full = med.get("full", float("nan"))
-        inc = med.get("incremental", float("nan"))
+        counted_run = r["macs_full"] / r["macs_run"]
+        cap, full = med.get("captum", nan), med.get("full", nan)
+        direct, inc = med.get("direct", nan), med.get("incremental", nan)
         lines.append(
             f"| {r['model']} | {r['size']} / {r['stride']} ({r['positions']}) | {cap:.2f} "
-            f"| {full:.2f} | {inc:.2f} | **{cap / inc:.2f}×** | {full / inc:.2f}× "
+            f"| {full:.2f} | {direct:.2f} | {inc:.2f} | **{cap / inc:.2f}×** | {full / inc:.2f}× "
+            f"| {full / direct:.2f}× "
             f"| {r['macs_full'] * n / 1e9:.1f} G / {r['macs_inc'] * n / 1e9:.1f} G "
-            f"({counted:.2f}×) | {full / inc / counted:.2f} | {r['err']:.1e} |"
+            f"({counted:.2f}×) | {r['macs_run'] * n / 1e9:.1f} G ({counted_run:.2f}×) "
+            f"| {full / direct / counted:.2f}, {full / inc / counted_run:.2f} | {r['err']:.1e} |"
         )
     lines += [
         "",
         "MACs: multiply-adds of convolutions and linear layers for all occluded images of the "
-        "map set (Captum runs the same full forwards as `full`). The incremental path's "
+        "map set (Captum runs the same full forwards as `full`); `direct` counts every window "
+        "as a direct convolution, `as run` counts the Winograd layers by their products (16 per "
+        "2×2 outputs instead of 36). The incremental path's "
         f"windows: {rows[0]['windows'] if rows else ''}; it switches to full maps at op "
         + ", ".join(f"{r['model']}: {r['switch']}/{r['n_ops']}" for r in rows) + ".",
         "",

@@ -64,7 +64,10 @@ _COPY_COST = 4.0
 # incremental=None uses the incremental path only when the cost model expects at least this gain.
 _AUTO_MIN_GAIN = 1.3
 # Winograd windows need at least this many input channels to pay off (see _winograd_ok).
-_WINOGRAD_MIN_CHANNELS = 128
+_WINOGRAD_MIN_CHANNELS = 256
+# ... and windows of at least this many outputs a side: a 3x3 window pads to 4x4 outputs, which
+# leaves Winograd only 1.27x fewer products, not enough to pay for the transforms.
+_WINOGRAD_MIN_WINDOW = 4
 
 
 class NotEligibleError(ValueError):
@@ -366,10 +369,10 @@ class _AxisPlan:
         ) / k
         return length, lin
 
-    def expected_tiles(self, i: int) -> float:
-        """Mean number of 2-pixel Winograd tiles along op ``i``'s windows."""
+    def lengths(self, i: int) -> list[tuple[float, int]]:
+        """``(fraction of positions, window length)`` of op ``i``, per class."""
         k = sum(len(c.positions) for c in self.classes)
-        return sum(len(c.positions) * -(-c.layers[i].length // 2) for c in self.classes) / k
+        return [(len(c.positions) / k, c.layers[i].length) for c in self.classes]
 
 
 def _plan_axis_classes(
@@ -443,8 +446,9 @@ def _winograd_ok(op: _Op) -> bool:
     """Whether a windowed op runs as a Winograd F(2x2, 3x3) convolution (when enabled).
 
     3x3, stride 1, no dilation or groups, and enough input channels: with fewer, the
-    transforms cost more than the products save (measured on the CPU: 0.3x at 64 channels,
-    1.1-1.7x from 128 up).
+    transforms cost more than the products save (measured on the CPU, per window: 0.4-2.3x at
+    128 channels, 1.0-2.2x from 256 up). Windows smaller than ``_WINOGRAD_MIN_WINDOW`` a side
+    run directly (see :meth:`IncrementalScorer._window`).
     """
     m = op.module
     return (op.kind == "conv" and _pair(m.kernel_size) == (3, 3) and op.stride == (1, 1)
@@ -476,8 +480,14 @@ def _layer_costs(
         win, full = c_out * lh * lw * per, c_out * h_out * w_out * per
         run, cost = win, win + gather
         if winograd and _winograd_ok(op):
-            tiles = rows.expected_tiles(i) * cols.expected_tiles(i)
-            run = 16 * c_in * c_out * tiles
+            run = tiles = 0.0
+            for pr, lr in rows.lengths(i):
+                for pc, lc in cols.lengths(i):
+                    if min(lr, lc) >= _WINOGRAD_MIN_WINDOW:
+                        t = -(-lr // 2) * -(-lc // 2)
+                        run, tiles = run + pr * pc * 16 * c_in * c_out * t, tiles + pr * pc * t
+                    else:
+                        run += pr * pc * c_out * lr * lc * per
             cost = run + gather + _POINTWISE_COST * 16 * (c_in + c_out) * tiles  # transforms
         conv = op.kind == "conv"
         out.append((cost, full, win if conv else 0.0, int(full) if conv else 0,
@@ -820,7 +830,7 @@ class IncrementalScorer:
         inside = (ra.in_prev[lr][:, :, None] & ca.in_prev[lc][:, None, :]).unsqueeze(-1)
         patch = torch.where(inside, spliced, patch)
         m = op.module
-        if i in self._winograd:
+        if i in self._winograd and min(ra.length, ca.length) >= _WINOGRAD_MIN_WINDOW:
             return winograd_conv3x3(patch, self._winograd[i], m.bias).permute(0, 3, 1, 2)
         patch = patch.permute(0, 3, 1, 2)
         if op.kind == "conv":
