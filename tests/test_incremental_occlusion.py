@@ -133,10 +133,12 @@ def test_both_window_layouts_are_exact(monkeypatch, name, windows):
                  occlusion_maps(model, images, None, incremental=False, **kw))
 
 
-@pytest.mark.parametrize("winograd", [True, False])
-def test_winograd_windows_are_exact_and_multiply_less(monkeypatch, winograd):
-    """vgg11's 3x3 windows with >= 128 channels run as Winograd convolutions on the CPU."""
+@pytest.mark.parametrize(("winograd", "windows"), [(True, "exact"), (True, "fixed"),
+                                                   (False, "exact")])
+def test_winograd_windows_are_exact_and_multiply_less(monkeypatch, winograd, windows):
+    """vgg11's 3x3 windows with >= 256 channels run as Winograd convolutions on the CPU."""
     monkeypatch.setattr(_incremental, "_default_winograd", lambda device: winograd)
+    monkeypatch.setattr(_incremental, "_default_windows", lambda device: windows)
     model = _model("vgg11", 64)
     torch.manual_seed(3)
     images = torch.randn(1, 3, 64, 64)
@@ -148,7 +150,7 @@ def test_winograd_windows_are_exact_and_multiply_less(monkeypatch, winograd):
                                           incremental=True, approximate=None)
     layers, plan = list(scorer._winograd), scorer.plan
     if winograd:
-        assert layers and all(scorer.ops[i].module.in_channels >= 128 for i in layers)
+        assert layers and all(scorer.ops[i].module.in_channels >= 256 for i in layers)
         assert plan.macs_run < plan.macs_incremental < plan.macs_full
     else:
         assert layers == [] and plan.macs_run == plan.macs_incremental
@@ -179,6 +181,27 @@ def test_float64_is_exact_to_float64_rounding():
         ref = model(occluded)
     assert logits.dtype == torch.float64
     assert ((logits - ref).abs().max() / ref.abs().max()) < 1e-12
+
+
+def test_unoccluded_image_runs_through_the_network_twice():
+    """Once for the base probabilities, once for the windows' cache (which also checks the split)."""
+
+    class FullSizeConvs(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.startswith("convolution") and tuple(args[0].shape[-2:]) == (64, 64):
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    model = _model("zfnet", 64)
+    images = torch.randn(1, 3, 64, 64)
+    with FullSizeConvs() as count:
+        maps = occlusion_maps(model, images, None, size=16, stride=8, incremental=True)
+    assert maps.method == "incremental"
+    assert count.n == 2
 
 
 def test_vectorized_layout_launches_the_same_ops_for_any_number_of_positions():

@@ -620,7 +620,7 @@ class IncrementalScorer:
         Image 0's come from the verification pass (once), the others are computed here.
         """
         first = self.chain.first_trace
-        if first is None or 0 not in needed:
+        if first is None or 0 not in needed or not torch.equal(first[0], images[:1]):
             return self.chain.trace(images[needed], self.switch)
         self.chain.first_trace = None  # used once; frees it
         first = first[: self.switch + 1]
