@@ -74,6 +74,18 @@ def _odd_chain() -> nn.Module:
     return model
 
 
+class _CountOps(TorchDispatchMode):
+    """Counts the aten ops dispatched inside it (those ``keep(func, args)`` accepts)."""
+
+    def __init__(self, keep=lambda func, args: True) -> None:
+        super().__init__()
+        self.keep, self.n = keep, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += bool(self.keep(func, args))
+        return func(*args, **(kwargs or {}))
+
+
 def _assert_same(inc, full, *, rtol: float = RTOL) -> None:
     rel = ((inc.prob - full.prob).abs() / full.prob.abs()).max()
     assert rel < rtol, f"relative error {rel:.2e}"
@@ -186,19 +198,11 @@ def test_float64_is_exact_to_float64_rounding():
 def test_unoccluded_image_runs_through_the_network_twice():
     """Once for the base probabilities, once for the windows' cache (which also checks the split)."""
 
-    class FullSizeConvs(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.__name__.startswith("convolution") and tuple(args[0].shape[-2:]) == (64, 64):
-                self.n += 1
-            return func(*args, **(kwargs or {}))
-
     model = _model("zfnet", 64)
     images = torch.randn(1, 3, 64, 64)
-    with FullSizeConvs() as count:
+    full_size_convs = _CountOps(lambda func, args: func.__name__.startswith("convolution")
+                                and tuple(args[0].shape[-2:]) == (64, 64))
+    with full_size_convs as count:
         maps = occlusion_maps(model, images, None, size=16, stride=8, incremental=True)
     assert maps.method == "incremental"
     assert count.n == 2
@@ -206,16 +210,6 @@ def test_unoccluded_image_runs_through_the_network_twice():
 
 def test_vectorized_layout_launches_the_same_ops_for_any_number_of_positions():
     """The GPU layout: one indexed op per layer, whatever the batch of positions holds."""
-
-    class Count(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += 1
-            return func(*args, **(kwargs or {}))
-
     model = _model("zfnet", 64)
     images = torch.randn(1, 3, 64, 64)
     counts = []
@@ -228,7 +222,7 @@ def test_vectorized_layout_launches_the_same_ops_for_any_number_of_positions():
                                               indexing="ij"), -1).reshape(-1, 2)
             which = torch.zeros(b, dtype=torch.int64)
             scorer.score(images, which, grid[:b], fill, None)  # the cache is built here
-            with Count() as count:
+            with _CountOps() as count:
                 scorer.score(images, which, grid[:b], fill, None)
             counts.append(count.n)
     assert counts[0] == counts[1] == counts[2]
