@@ -364,3 +364,12 @@ def test_image_folder_skip_corrupt_warns_and_replaces(folder):
 def test_image_folder_bad_arguments_named(folder, kwargs, name):
     with pytest.raises(ValueError, match=name):
         ImageFolderDataModule(folder, **kwargs)
+
+
+def test_dataloader_before_setup_names_the_split():
+    dm = ShapesDataModule(train_size=4, val_size=4, test_size=4, batch_size=2)
+    with pytest.raises(RuntimeError, match=r"val_dataset is not set up yet: call setup\(\) first"):
+        dm.val_dataloader()
+    dm.setup("validate")
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (2, 3, 64, 64) and y.shape == (2,)

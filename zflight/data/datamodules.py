@@ -6,13 +6,14 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-import lightning as L
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from zflight.data._base import SplitDataModule
 from zflight.data.shapes import CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
 
 __all__ = [
@@ -48,7 +49,7 @@ class _RandomHFlip:
 
 
 # ------------------------------------------------------------------------------------ shapes
-class ShapesDataModule(L.LightningDataModule):
+class ShapesDataModule(SplitDataModule):
     """The embedded shapes data set (:class:`~zflight.data.ShapesDataset`) as train/val/test splits.
 
     The three splits draw from different seeds derived from ``seed`` (``3*seed``, ``3*seed+1``,
@@ -110,29 +111,7 @@ class ShapesDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.augment = augment
-        self.train_dataset: ShapesDataset | None = None
-        self.val_dataset: ShapesDataset | None = None
-        self.test_dataset: ShapesDataset | None = None
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (10)."""
-        return len(CLASSES)
-
-    @property
-    def classes(self) -> list[str]:
-        """Class names in label order."""
-        return list(CLASSES)
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        """Per-channel mean used for normalization."""
-        return SHAPES_MEAN
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        """Per-channel std used for normalization."""
-        return SHAPES_STD
+        self._classes, self._mean, self._std = CLASSES, SHAPES_MEAN, SHAPES_STD
 
     def _split(self, k: int, size: int, transform: Callable | None = None) -> ShapesDataset:
         return ShapesDataset(
@@ -158,33 +137,6 @@ class ShapesDataModule(L.LightningDataModule):
         if self.num_workers > 0:
             for ds in made:
                 ds.render_all()
-
-    def _loader(self, ds: ShapesDataset | None, name: str, shuffle: bool) -> DataLoader:
-        if ds is None:
-            raise RuntimeError(f"{name} is not set up yet: call setup() first")
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches ``(x [B, 3, H, W], y [B])``."""
-        return self._loader(self.train_dataset, "train_dataset", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches, in order."""
-        return self._loader(self.val_dataset, "val_dataset", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches, in order."""
-        return self._loader(self.test_dataset, "test_dataset", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test split, in order."""
-        return self._loader(self.test_dataset, "test_dataset", shuffle=False)
 
 
 # ------------------------------------------------------------------------------ image folders
@@ -275,7 +227,7 @@ class ImageFolderDataset(Dataset):
         raise UnreadableImageError(f"none of the {n} image files is readable (first: {self.samples[0][0]})")
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """ImageNet-style folders with the paper's preprocessing.
 
     Layout: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (sub-folders of a class
@@ -362,29 +314,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers, self.skip_corrupt = pin_memory, persistent_workers, skip_corrupt
         self._mean, self._std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-        self.train_dataset: ImageFolderDataset | None = None
-        self.val_dataset: ImageFolderDataset | None = None
-        self.test_dataset: ImageFolderDataset | None = None
-
-    @property
-    def num_classes(self) -> int:
-        """Number of class folders under ``root/train``."""
-        return len(self._classes)
-
-    @property
-    def classes(self) -> list[str]:
-        """Class folder names in label order."""
-        return list(self._classes)
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        """Per-channel mean used for normalization."""
-        return self._mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        """Per-channel std used for normalization."""
-        return self._std
 
     def _to_tensor(self) -> T.Compose:
         return T.Compose([T.ToTensor(), T.Normalize(self._mean, self._std)])
@@ -445,30 +374,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         if stage in (None, "test", "predict") and self.test_dataset is None:
             self.test_dataset = self._dataset(self.test_split, self.test_transform())
 
-    def _loader(self, ds: ImageFolderDataset | None, name: str, shuffle: bool) -> DataLoader:
-        if ds is None:
-            raise RuntimeError(f"{name} is not set up yet: call setup() first")
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches ``(x [B, 3, crop, crop], y [B])``."""
-        return self._loader(self.train_dataset, "train_dataset", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches (centre crops), in order."""
-        return self._loader(self.val_dataset, "val_dataset", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches: ``[B, 3, crop, crop]``, or ``[B, 10, 3, crop, crop]`` with ``test_crops=10``."""
-        return self._loader(self.test_dataset, "test_dataset", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Same batches as :meth:`test_dataloader`."""
-        return self._loader(self.test_dataset, "test_dataset", shuffle=False)
+    def _loader_options(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers and self.num_workers > 0,
+        }

@@ -19,10 +19,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import lightning as L
 import numpy as np
 import torch
 
+from zflight.data._base import ClassificationDataModule
 from zflight.data.datamodules import IMAGENET_MEAN, IMAGENET_STD, _check_int
 from zflight.data.pack import read_manifest
 
@@ -328,7 +328,7 @@ class PackedLoader:
                 os.close(fd)
 
 
-class PackedImageNetDataModule(L.LightningDataModule):
+class PackedImageNetDataModule(ClassificationDataModule):
     """ImageNet from a pack made by ``python -m zflight pack``, with crops made on the GPU.
 
     Every process (DDP rank) reads its own share of a shuffled epoch (see :class:`PackedSampler`),
@@ -419,29 +419,9 @@ class PackedImageNetDataModule(L.LightningDataModule):
         self._splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     @property
-    def num_classes(self) -> int:
-        """Number of classes of the pack."""
-        return len(self._classes)
-
-    @property
-    def classes(self) -> list[str]:
-        """Class names in label order."""
-        return list(self._classes)
-
-    @property
     def image_size(self) -> int:
         """Side of the images fed to the network (``crop_size``)."""
         return self.crop_size
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        """Per-channel mean used for normalization."""
-        return self._mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        """Per-channel std used for normalization."""
-        return self._std
 
     def _open(self, split: str) -> None:
         if split in self._splits:
