@@ -16,7 +16,7 @@ other processes on a shared machine hits all of them alike:
 - ``full``: ``occlusion_maps(..., incremental=False)``: one full forward per occluded image.
 - ``incremental``: ``occlusion_maps(..., incremental=True)``: exact incremental inference
   (``windows`` per device: per-class windows on a CPU, one window size per layer on a GPU;
-  ``--windows`` forces one). On the CPU the windows of 3x3 convolutions with >= 128 channels
+  ``--windows`` forces one). On the CPU the windows of 3x3 convolutions with >= 256 channels
   run as Winograd convolutions.
 - ``direct``: the same incremental path with every window run as a direct convolution (no
   Winograd): what the windows alone give.
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
             scorer = _incremental.make_scorer(
                 model, images, size=size, stride=stride, probe_module=None, incremental=True,
                 approximate=None)
-        plan = scorer.plan
+        plan, n_ops = scorer.plan, len(scorer.ops)
+        del scorer  # only its plan is needed: do not hold its cache and weights during the runs
         positions = ((args.image_size - size) // stride + 1) ** 2
         times: dict[str, list[float]] = {m: [] for m in args.methods}
         outputs: dict[str, torch.Tensor] = {}
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
                          images=args.images, med=med, macs_full=plan.macs_full,
                          macs_inc=plan.macs_incremental, macs_run=plan.macs_run,
                          switch=plan.switch,
-                         n_ops=len(scorer.ops), err=err,
+                         n_ops=n_ops, err=err,
                          windows="exact" if plan.exact_windows else "fixed"))
     table = _table(rows, args, machine, date)
     print(table)

@@ -151,12 +151,17 @@ def test_winograd_windows_are_exact_and_multiply_less(monkeypatch, winograd, win
     """vgg11's 3x3 windows with >= 256 channels run as Winograd convolutions on the CPU."""
     monkeypatch.setattr(_incremental, "_default_winograd", lambda device: winograd)
     monkeypatch.setattr(_incremental, "_default_windows", lambda device: windows)
+    calls = []
+    real = _incremental.winograd_conv3x3
+    monkeypatch.setattr(_incremental, "winograd_conv3x3",
+                        lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
     model = _model("vgg11", 64)
     torch.manual_seed(3)
     images = torch.randn(1, 3, 64, 64)
     kw = dict(size=16, stride=12, batch_size=16)
     _assert_same(occlusion_maps(model, images, [2], incremental=True, **kw),
                  occlusion_maps(model, images, [2], incremental=False, **kw))
+    assert bool(calls) == winograd
     with torch.no_grad():
         scorer = _incremental.make_scorer(model, images, size=16, stride=12, probe_module=None,
                                           incremental=True, approximate=None)
@@ -206,6 +211,24 @@ def test_unoccluded_image_runs_through_the_network_twice():
         maps = occlusion_maps(model, images, None, size=16, stride=8, incremental=True)
     assert maps.method == "incremental"
     assert count.n == 2
+
+
+def test_scorer_given_other_images_than_it_verified_recomputes_their_cache():
+    model = _model("zfnet", 64)
+    torch.manual_seed(4)
+    verified, other = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    top_left = torch.tensor([[0, 0], [24, 40]])
+    fill = torch.zeros(3, 1, 1)
+    with torch.no_grad():
+        scorer = _incremental.make_scorer(model, verified, size=16, stride=8, probe_module=None,
+                                          incremental=True, approximate=None)
+        logits, _ = scorer.score(other, torch.zeros(2, dtype=torch.int64), top_left, fill, None)
+        occluded = other.repeat(2, 1, 1, 1)
+        for b, (r, c) in enumerate(top_left.tolist()):
+            occluded[b, :, r : r + 16, c : c + 16] = 0
+        ref = model(occluded)
+    assert scorer.chain.first_trace is None  # let go of, although not used
+    assert ((logits - ref).abs().max() / ref.abs().max()) < 1e-5
 
 
 def test_vectorized_layout_launches_the_same_ops_for_any_number_of_positions():

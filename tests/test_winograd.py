@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zflight.attribution import _winograd
 from zflight.attribution._winograd import winograd_conv3x3, winograd_weight
 
 
@@ -31,6 +32,20 @@ def test_float64_agrees_to_float64_rounding_without_bias():
     ref = _direct(x, wt, None).permute(0, 2, 3, 1)
     assert out.dtype == torch.float64
     assert ((out - ref).abs().max() / ref.abs().max()) < 1e-13
+
+
+def test_samples_beyond_the_cache_budget_run_in_chunks_with_the_same_values(monkeypatch):
+    torch.manual_seed(2)
+    x, wt, b = torch.randn(7, 16, 9, 9), torch.randn(8, 16, 3, 3) / 10, torch.randn(8)
+    u, xl = winograd_weight(wt), x.permute(0, 2, 3, 1).contiguous()
+    whole = winograd_conv3x3(xl, u, b)
+    monkeypatch.setattr(_winograd, "_CHUNK_BYTES", 1)  # one sample per chunk
+    calls = []
+    real = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(1) or real(*a))
+    chunked = winograd_conv3x3(xl, u, b)
+    assert len(calls) == 7
+    assert torch.allclose(chunked, whole, rtol=0, atol=1e-6)
 
 
 def test_weight_that_is_not_3x3_is_refused():

@@ -442,6 +442,12 @@ class Plan:
         return self.cost_full / max(self.cost_incremental, 1.0)
 
 
+def _has_small_windows(plan: Plan, i: int) -> bool:
+    """Whether some positions' windows of op ``i`` are below the Winograd minimum (run direct)."""
+    return any(min(lr, lc) < _WINOGRAD_MIN_WINDOW
+               for _, lr in plan.rows.lengths(i) for _, lc in plan.cols.lengths(i))
+
+
 def _winograd_ok(op: _Op) -> bool:
     """Whether a windowed op runs as a Winograd F(2x2, 3x3) convolution (when enabled).
 
@@ -451,7 +457,9 @@ def _winograd_ok(op: _Op) -> bool:
     run directly (see :meth:`IncrementalScorer._window`).
     """
     m = op.module
-    return (op.kind == "conv" and _pair(m.kernel_size) == (3, 3) and op.stride == (1, 1)
+    # float32/float64 only: in half precision its error was 1.7x the direct convolution's.
+    return (op.kind == "conv" and m.weight.dtype in (torch.float32, torch.float64)
+            and _pair(m.kernel_size) == (3, 3) and op.stride == (1, 1)
             and _pair(m.dilation) == (1, 1) and m.groups == 1
             and m.in_channels >= _WINOGRAD_MIN_CHANNELS)
 
@@ -603,52 +611,66 @@ class IncrementalScorer:
         self._avg_div: dict[int, torch.Tensor] = {}
         # The patches are channels-last; a convolution would otherwise convert its weight to
         # that layout on every call (measured: 4-8% of the time on the CPU).
-        self._weights = {
-            i: op.module.weight.detach().contiguous(memory_format=torch.channels_last)
-            for i, op in enumerate(self.ops[: self.switch]) if op.kind == "conv"
-        }
         # 3x3 windows with many channels: Winograd, 2.25x fewer multiply-adds (see _winograd).
         self._winograd = {
             i: winograd_weight(op.module.weight)
             for i, op in enumerate(self.ops[: self.switch]) if plan.winograd and _winograd_ok(op)
         }
+        self._weights = {
+            i: op.module.weight.detach().contiguous(memory_format=torch.channels_last)
+            for i, op in enumerate(self.ops[: self.switch])
+            if op.kind == "conv" and (i not in self._winograd or _has_small_windows(plan, i))
+        }
 
     # -- the unoccluded activations -------------------------------------------------------------
-    def _inputs(self, images: torch.Tensor, needed: list[int]) -> list[torch.Tensor]:
-        """The inputs of ops ``0 .. switch`` for ``images[needed]`` (see :meth:`Chain.trace`).
+    def _take_first_trace(
+        self, images: torch.Tensor, needed: list[int]
+    ) -> list[torch.Tensor | None] | None:
+        """The verified image's activations if ``images[0]`` is that image and is needed.
 
-        Image 0's come from the verification pass (once), the others are computed here.
+        Taken at most once: the chain lets go of them on every path, so they never outlive the
+        first cache.
         """
-        first = self.chain.first_trace
+        first, self.chain.first_trace = self.chain.first_trace, None
         if first is None or 0 not in needed or not torch.equal(first[0], images[:1]):
-            return self.chain.trace(images[needed], self.switch)
-        self.chain.first_trace = None  # used once; frees it
-        first = first[: self.switch + 1]
-        others = [k for k in needed if k != 0]
-        if not others:
-            return first
-        rest = self.chain.trace(images[others], self.switch)
-        at = needed.index(0)
-        return [torch.cat([r[:at], f, r[at:]]) for f, r in zip(first, rest)]
+            return None
+        return list(first[: self.switch + 1])
 
     def _build_cache(self, images: torch.Tensor, needed: list[int]) -> _Cache:
-        inputs = self._inputs(images, needed)
+        """Run ``images[needed]`` (sorted) through the windowed ops, keeping what windows need.
+
+        Only one activation per image is alive at a time besides the padded copies, as in a
+        forward pass; image 0's activations come from the verification pass when it is needed.
+        """
+        first = self._take_first_trace(images, needed)
+        others = [k for k in needed if k != 0] if first is not None else needed
+        x = images[others] if others else None
+
+        def current(i: int) -> torch.Tensor:
+            """The input of op ``i`` for ``images[needed]``, in order (image 0 first)."""
+            parts = [t for t in ((first[i] if first is not None else None), x) if t is not None]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        probe_out = probe_sum = None
+        padded: dict[int, torch.Tensor] = {}
+        for i, op in enumerate(self.ops[: self.switch]):
+            if op.kind != "point":
+                xi = current(i)
+                r, c = self.plan.rows.classes[0].layers[i], self.plan.cols.classes[0].layers[i]
+                xp = F.pad(xi, (c.pad_lo, c.pad_hi, r.pad_lo, r.pad_hi), value=op.pad_value)
+                xp = xp[:, :, : r.padded_len, : c.padded_len]
+                padded[i] = xp.permute(0, 2, 3, 1).contiguous().reshape(-1, xi.shape[1])
+            if x is not None:
+                x = _apply(op, x)
+            if first is not None:
+                first[i] = None  # free as we go
+            if i == self.probe_op:
+                y = current(i + 1)
+                probe_out, probe_sum = y.permute(0, 2, 3, 1).contiguous(), y.sum(dim=(2, 3))
         local = torch.full((images.shape[0],), -1, dtype=torch.int64, device=images.device)
         local[torch.tensor(needed, device=images.device)] = torch.arange(
             len(needed), device=images.device)
-        probe_out = probe_sum = None
-        if self.probe_op is not None and self.probe_op < self.switch:
-            y = inputs[self.probe_op + 1]
-            probe_out, probe_sum = y.permute(0, 2, 3, 1).contiguous(), y.sum(dim=(2, 3))
-        padded: dict[int, torch.Tensor] = {}
-        for i, op in enumerate(self.ops[: self.switch]):
-            x, inputs[i] = inputs[i], None  # type: ignore[call-overload]  # free as we go
-            if op.kind != "point":
-                r, c = self.plan.rows.classes[0].layers[i], self.plan.cols.classes[0].layers[i]
-                xp = F.pad(x, (c.pad_lo, c.pad_hi, r.pad_lo, r.pad_hi), value=op.pad_value)
-                xp = xp[:, :, : r.padded_len, : c.padded_len]
-                padded[i] = xp.permute(0, 2, 3, 1).contiguous().reshape(-1, x.shape[1])
-        return _Cache(needed, local, padded, inputs[self.switch].permute(0, 2, 3, 1).contiguous(),
+        return _Cache(needed, local, padded, current(self.switch).permute(0, 2, 3, 1).contiguous(),
                       probe_out, probe_sum)
 
     def _avg_divisor(self, i: int, like: torch.Tensor) -> torch.Tensor:
@@ -906,9 +928,9 @@ def make_scorer(
             of operations per batch), ``"fixed"`` (one window length per layer: one set of
             operations per batch, whatever the number of positions) or ``None``: ``"fixed"`` on
             a GPU, ``"exact"`` elsewhere.
-        winograd: run the windows of 3x3 convolutions with >= 128 input channels as Winograd
-            F(2x2, 3x3) convolutions (2.25x fewer multiply-adds, same values to float
-            rounding); ``None``: on the CPU only.
+        winograd: run the windows of 3x3 convolutions with >= 256 input channels (and windows
+            of >= 4 outputs a side) as Winograd F(2x2, 3x3) convolutions (2.25x fewer
+            multiply-adds, same values to float rounding); ``None``: on the CPU only.
         reference: the model's logits ``[1, classes]`` for ``images[:1]``, if the caller has
             them (the check of the split then runs the model once less).
 
