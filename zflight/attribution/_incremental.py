@@ -442,10 +442,15 @@ class Plan:
         return self.cost_full / max(self.cost_incremental, 1.0)
 
 
+def _winograd_window(rows: int, cols: int) -> bool:
+    """Whether a window of ``rows x cols`` outputs of a Winograd-eligible op runs as Winograd."""
+    return min(rows, cols) >= _WINOGRAD_MIN_WINDOW
+
+
 def _has_small_windows(plan: Plan, i: int) -> bool:
     """Whether some positions' windows of op ``i`` are below the Winograd minimum (run direct)."""
-    return any(min(lr, lc) < _WINOGRAD_MIN_WINDOW
-               for _, lr in plan.rows.lengths(i) for _, lc in plan.cols.lengths(i))
+    return not all(_winograd_window(lr, lc)
+                   for _, lr in plan.rows.lengths(i) for _, lc in plan.cols.lengths(i))
 
 
 def _winograd_ok(op: _Op) -> bool:
@@ -491,7 +496,7 @@ def _layer_costs(
             run = tiles = 0.0
             for pr, lr in rows.lengths(i):
                 for pc, lc in cols.lengths(i):
-                    if min(lr, lc) >= _WINOGRAD_MIN_WINDOW:
+                    if _winograd_window(lr, lc):
                         t = -(-lr // 2) * -(-lc // 2)
                         run, tiles = run + pr * pc * 16 * c_in * c_out * t, tiles + pr * pc * t
                     else:
@@ -609,13 +614,13 @@ class IncrementalScorer:
                 )
         self._cache: _Cache | None = None
         self._avg_div: dict[int, torch.Tensor] = {}
-        # The patches are channels-last; a convolution would otherwise convert its weight to
-        # that layout on every call (measured: 4-8% of the time on the CPU).
         # 3x3 windows with many channels: Winograd, 2.25x fewer multiply-adds (see _winograd).
         self._winograd = {
             i: winograd_weight(op.module.weight)
             for i, op in enumerate(self.ops[: self.switch]) if plan.winograd and _winograd_ok(op)
         }
+        # The direct windows' patches are channels-last; a convolution would otherwise convert
+        # its weight to that layout on every call (measured: 4-8% of the time on the CPU).
         self._weights = {
             i: op.module.weight.detach().contiguous(memory_format=torch.channels_last)
             for i, op in enumerate(self.ops[: self.switch])
@@ -852,7 +857,7 @@ class IncrementalScorer:
         inside = (ra.in_prev[lr][:, :, None] & ca.in_prev[lc][:, None, :]).unsqueeze(-1)
         patch = torch.where(inside, spliced, patch)
         m = op.module
-        if i in self._winograd and min(ra.length, ca.length) >= _WINOGRAD_MIN_WINDOW:
+        if i in self._winograd and _winograd_window(ra.length, ca.length):
             return winograd_conv3x3(patch, self._winograd[i], m.bias).permute(0, 3, 1, 2)
         patch = patch.permute(0, 3, 1, 2)
         if op.kind == "conv":
