@@ -6,7 +6,9 @@ call of a recognized activation (``F.relu``, ``torch.relu``, ``torch.relu_``, ``
 :class:`_RectifiedBackward`, an autograd function whose forward *is* the original call (same
 function, same arguments, so the values are bit-identical and in-place calls stay in place) and
 whose backward is ``relu(grad)`` instead of ``grad * (input > 0)``. Everything else passes
-through untouched.
+through untouched. With ``relu_backward="guided"`` the ReLUs are routed through
+:class:`_GuidedBackward` instead, whose backward is guided backprop's ``grad * (grad > 0) *
+(output > 0)``; everything else about the mode is the same.
 
 With ``normalization="identity"``, local response normalization passes the signal unchanged:
 ``F.local_response_norm`` calls are routed through :class:`_IdentityBackward` by the mode, and
@@ -39,6 +41,7 @@ from torch.overrides import TorchFunctionMode
 __all__ = [
     "ActivationRule",
     "Normalization",
+    "ReluBackward",
     "DeconvRules",
     "deconv_rules",
     "RELU_FUNCS",
@@ -47,6 +50,9 @@ __all__ = [
 
 ActivationRule = Literal["relu", "rectify"]
 Normalization = Literal["gradient", "identity"]
+# What a ReLU's backward passes: the deconvnet's relu(grad), or guided backprop's grad where
+# both the forward output and grad are positive (Springenberg et al., 2015).
+ReluBackward = Literal["deconvnet", "guided"]
 
 
 def _existing(*candidates: Any) -> frozenset:
@@ -98,6 +104,25 @@ class _RectifiedBackward(_SameForward):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return torch.relu(grad), None
+
+
+class _GuidedBackward(torch.autograd.Function):
+    """Forward: the original ReLU call. Backward: ``grad`` where ``grad > 0`` and ``out > 0``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, call: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        out = call(x)
+        if out is x:
+            ctx.mark_dirty(x)
+        # The sign pattern, not ``out`` itself: a later in-place op on ``out`` (a residual
+        # ``+=``) must not change which units passed, nor trip autograd's version check.
+        ctx.save_for_backward(out > 0)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (passed,) = ctx.saved_tensors
+        return torch.where(passed & (grad > 0), grad, torch.zeros_like(grad)), None
 
 
 class _IdentityBackward(_SameForward):
@@ -157,6 +182,12 @@ class DeconvRules(TorchFunctionMode):
             SELU and Mish.
         normalization: ``"gradient"`` differentiates local response normalization as usual;
             ``"identity"`` passes the signal through it unchanged.
+        relu_backward: ``"deconvnet"`` (default): a ReLU passes ``relu(grad)``; ``"guided"``
+            (guided backprop): it passes ``grad`` where both ``grad`` and the forward output are
+            positive, zero elsewhere. ``"guided"`` needs ``activation_rule="relu"``.
+
+    Raises:
+        ValueError: ``relu_backward`` is unknown, or ``"guided"`` with ``"rectify"``.
 
     Example:
         >>> x = torch.randn(4, requires_grad=True)
@@ -166,8 +197,27 @@ class DeconvRules(TorchFunctionMode):
         tensor([1., 0., 2., 0.])
     """
 
-    def __init__(self, activation_rule: ActivationRule, normalization: Normalization) -> None:
+    def __init__(
+        self,
+        activation_rule: ActivationRule,
+        normalization: Normalization,
+        *,
+        relu_backward: ReluBackward = "deconvnet",
+    ) -> None:
         super().__init__()
+        if relu_backward not in ("deconvnet", "guided"):
+            raise ValueError(
+                f"relu_backward must be 'deconvnet' or 'guided', got {relu_backward!r}"
+            )
+        if relu_backward == "guided" and activation_rule != "relu":
+            # Guided backprop's mask is "forward output > 0", which is a ReLU's own derivative;
+            # for the other rectifiers it is not, so the combination is refused, not guessed.
+            raise ValueError(
+                f"relu_backward='guided' needs activation_rule='relu', got {activation_rule!r}"
+            )
+        self._relu_rule: type[torch.autograd.Function] = (
+            _GuidedBackward if relu_backward == "guided" else _RectifiedBackward
+        )
         rectified = set(RELU_FUNCS)
         if activation_rule == "rectify":
             rectified |= RECTIFIER_FUNCS
@@ -189,14 +239,18 @@ class DeconvRules(TorchFunctionMode):
             if isinstance(x, torch.Tensor) and (
                 func in self._identity or _is_rectifier(func, rest, other)
             ):
-                rule = _IdentityBackward if func in self._identity else _RectifiedBackward
+                rule = _IdentityBackward if func in self._identity else self._relu_rule
                 return rule.apply(x, lambda t: func(t, *rest, **other))
         return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
 def deconv_rules(
-    model: nn.Module, activation_rule: ActivationRule, normalization: Normalization
+    model: nn.Module,
+    activation_rule: ActivationRule,
+    normalization: Normalization,
+    *,
+    relu_backward: ReluBackward = "deconvnet",
 ) -> Iterator[None]:
     """Install the deconvnet's rules on ``model`` for the block; remove them on exit.
 
@@ -205,6 +259,7 @@ def deconv_rules(
         activation_rule: see :class:`DeconvRules`.
         normalization: see :class:`DeconvRules`; ``"identity"`` also hooks the model's local
             response normalization modules for the block.
+        relu_backward: see :class:`DeconvRules`.
 
     Example:
         >>> lrn = nn.LocalResponseNorm(2)
@@ -220,7 +275,7 @@ def deconv_rules(
             for module in model.modules():
                 if isinstance(module, NORMALIZATION_MODULES):
                     handles.append(module.register_forward_hook(_identity_backward_hook))
-        with DeconvRules(activation_rule, normalization):
+        with DeconvRules(activation_rule, normalization, relu_backward=relu_backward):
             yield
     finally:
         for handle in handles:
