@@ -167,7 +167,8 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """
     r, m = _check_pair(maps, masks)
     at_max = r == r.amax(dim=1, keepdim=True)
-    hits = (at_max & m).sum(dim=1)
+    # Counts divided in float64 (an int/int division would give float32 for float64 maps).
+    hits = (at_max & m).sum(dim=1).double()
     return (hits / at_max.sum(dim=1)).to(r.dtype)
 
 
@@ -224,7 +225,7 @@ def relevance_rank(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     ordered = r.topk(int(k.max()), dim=1, largest=True, sorted=True).values
     kth = ordered.gather(1, (k - 1)[:, None])
     above, tied = r > kth, r == kth
-    places_left = k - above.sum(dim=1)
+    places_left = (k - above.sum(dim=1)).double()
     tied_in = (tied & m).sum(dim=1)
     hits = (above & m).sum(dim=1) + places_left * tied_in / tied.sum(dim=1)
     return (hits / k).to(r.dtype)
