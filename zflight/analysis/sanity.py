@@ -300,6 +300,12 @@ def _batch_size(inputs: torch.Tensor) -> int:
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"inputs must be a floating [N, C, H, W] batch, got {shape}")
+    if min(inputs.shape[-2:]) < _SSIM_TAPS:
+        # Checked before any map is computed: SSIM would refuse the maps only at the end.
+        raise ValueError(
+            f"inputs must be at least {_SSIM_TAPS}x{_SSIM_TAPS} (SSIM's window), got "
+            f"{tuple(inputs.shape[-2:])}"
+        )
     return inputs.shape[0]
 
 
