@@ -9,10 +9,17 @@ size (circumscribed diameter 38–72 % of the image side), position (fully insid
 rotation, on a smooth random colour gradient with soft colour blobs, a few distractor strokes
 and dots that are no class, and per-pixel noise. ``clutter`` scales the blobs, distractors,
 noise and the object's shading; ``clutter=0`` gives a clean gradient background.
+
+Besides its label, box and keypoints, every item has exact pixel masks computed from the same
+random draws and drawing calls as its picture, without rendering it: ``mask(i)`` (the object's
+silhouette) and ``concept_masks(i)`` (object, colour name, parts around the keypoints,
+distractors, background) for network dissection.
 """
 
 from __future__ import annotations
 
+import colorsys
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +30,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-__all__ = ["ShapesDataset", "CLASSES", "SHAPES_MEAN", "SHAPES_STD"]
+__all__ = ["CLASSES", "COLOR_NAMES", "PART_RADIUS", "SHAPES_MEAN", "SHAPES_STD", "ShapesDataset", "color_name"]
 
 #: Class names, in label order.
 CLASSES: tuple[str, ...] = (
@@ -45,6 +52,63 @@ CLASSES: tuple[str, ...] = (
 SHAPES_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 #: Per-channel standard deviation of the rendered pixels (measured: 0.233–0.235 at ``clutter=1``).
 SHAPES_STD: tuple[float, float, float] = (0.23, 0.23, 0.23)
+
+#: Colour names :func:`color_name` gives, in the order of the ``color/<name>`` concepts.
+COLOR_NAMES: tuple[str, ...] = (
+    "black", "gray", "white", "red", "orange", "brown", "yellow", "green", "cyan", "blue", "purple", "pink"
+)
+
+#: Radius of the ``part/<class>/<landmark>`` disks, as a fraction of the object's circumscribed
+#: radius (so 3-6 px at 64 px, where that radius is 12-23 px). A quarter keeps the disks of one
+#: object apart but for three pairs of landmarks closer than half that radius: the crescent's
+#: back and center, the heart's cleft and center, the ell's corner and center.
+PART_RADIUS: float = 0.25
+
+
+def color_name(rgb: tuple[float, float, float] | np.ndarray) -> str:
+    """The basic colour name of an RGB colour, by fixed thresholds in HSV.
+
+    With ``v = max/255``, ``s = (max - min)/max`` and the hue ``h`` in degrees:
+    ``black`` if ``v < 0.25``; else ``white`` if ``s < 0.2`` and ``v >= 0.8``; else ``gray`` if
+    ``s < 0.2``; else by hue: ``red`` below 15 or from 345 (``pink`` instead when
+    ``s < 0.5`` and ``v >= 0.7``), ``orange`` 15-45 and ``yellow`` 45-70 (both ``brown`` instead
+    when ``v < 0.6``), ``green`` 70-165, ``cyan`` 165-200, ``blue`` 200-260, ``purple``
+    260-290, ``pink`` 290-345. Thresholds rather than nearest prototypes, so every name
+    covers a region a person can check; on uniformly random colours (how the shapes data set
+    draws them) each name gets 1-25 % (green, the widest hue range, the most).
+
+    Args:
+        rgb: three values in [0, 255].
+
+    Returns:
+        One of :data:`COLOR_NAMES`.
+
+    Raises:
+        ValueError: ``rgb`` does not hold three values.
+
+    Example:
+        >>> color_name((250, 40, 30)), color_name((120, 120, 125)), color_name((40, 60, 220))
+        ('red', 'gray', 'blue')
+    """
+    values = [float(v) for v in np.asarray(rgb, dtype=np.float64).reshape(-1)]
+    if len(values) != 3:
+        raise ValueError(f"rgb must hold 3 values, got {len(values)}")
+    h, s, v = colorsys.rgb_to_hsv(*(min(255.0, max(0.0, c)) / 255.0 for c in values))
+    h *= 360.0
+    if v < 0.25:
+        return "black"
+    if s < 0.2:
+        return "white" if v >= 0.8 else "gray"
+    if h < 15.0 or h >= 345.0:
+        return "pink" if s < 0.5 and v >= 0.7 else "red"
+    if h < 70.0:
+        if v < 0.6:
+            return "brown"
+        return "orange" if h < 45.0 else "yellow"
+    for upper, name in ((165.0, "green"), (200.0, "cyan"), (260.0, "blue"), (290.0, "purple")):
+        if h < upper:
+            return name
+    return "pink"
 
 # A few ops per class, in unit coordinates (object inside the unit circle, y pointing down).
 # ("poly", [(x, y), ...], fill) or ("disk", (x, y), radius, fill); fill 0 cuts a hole.
@@ -277,8 +341,133 @@ class ShapesDataset(Dataset):
             >>> sorted(ds.keypoints(6))   # index 6 is an arrow here
             ['barb0', 'barb1', 'center', 'tail', 'tip']
         """
-        g = self._geometry(self._check_index(index), self._rng(index))
+        i = self._check_index(index)  # before seeding, so that index -1 means the last item
+        g = self._geometry(i, self._rng(i))
         return {k: self._to_pixels(g, p) for k, p in _TEMPLATES[g.label][1].items()}
+
+    def mask(self, index: int, *, min_coverage: float = 0.25) -> torch.Tensor:
+        """The object's exact silhouette: the pixels its drawing paints.
+
+        The object is drawn binary on a 2x canvas and box-filtered to the image size, so each
+        pixel is covered by 0, 1, 2, 3 or 4 of its four subsamples; it is painted with its
+        coverage as alpha. A pixel is in the mask when its coverage (0, 1/4, 1/2, 3/4, 1) is at
+        least ``min_coverage``. The default 1/4 takes every pixel the object touches at all:
+        exactly the pixels :meth:`box` bounds, and the pixels a render without the object
+        differs in (bar the few rim pixels where a quarter of the colour difference rounds to
+        nothing). ``min_coverage=0.5`` gives a mask whose area matches the shape's true area
+        (about half a pixel less all round); 1.0 only the pixels wholly inside.
+
+        Computed from the object's parameters (the same drawing calls as the picture), without
+        rendering the background, distractors or noise, and without touching the image cache.
+
+        Args:
+            index: item index.
+            min_coverage: the least fraction of a pixel the object must cover, in (0, 1].
+
+        Returns:
+            Bool ``[H, W]`` tensor, True on the object.
+
+        Raises:
+            ValueError: ``min_coverage`` is not in (0, 1].
+
+        Example:
+            >>> ds = ShapesDataset(4, image_size=64)
+            >>> m = ds.mask(0)
+            >>> x0, y0, x1, y1 = ds.box(0)
+            >>> bool(m[y0:y1, x0:x1].sum() == m.sum())
+            True
+        """
+        level = _coverage_level(min_coverage)
+        i = self._check_index(index)
+        g = self._geometry(i, self._rng(i))  # the first draws: no need to replay the rest
+        return torch.from_numpy(_object_coverage(g, self.image_size) >= level)
+
+    @property
+    def concepts(self) -> list[str]:
+        """Names of the concepts :meth:`concept_masks` labels, in a fixed order.
+
+        ``object/<class>`` for each class, ``color/<name>`` for each of :data:`COLOR_NAMES`,
+        ``part/<class>/<landmark>`` for each landmark of :meth:`keypoints` whose disk can overlap
+        its object (all but the ring's ``center``, which lies in the hole), then ``distractor``
+        and ``background``. The same list for every seed and size.
+        """
+        return list(_concept_names())
+
+    def concept_masks(self, index: int, *, min_coverage: float = 0.25) -> dict[str, torch.Tensor]:
+        """Pixel masks of the concepts present in item ``index``, for network dissection.
+
+        All come from the item's parameters, through the same drawing calls as its picture,
+        without rendering it (about 0.6 ms at 64 px on one CPU core):
+
+        * ``object/<class>``: the object's silhouette, :meth:`mask` with ``min_coverage``.
+        * ``color/<name>``: the same silhouette, under the name :func:`color_name` gives the
+          object's base colour (before its shading, which changes brightness by at most
+          ``15 % * clutter`` either way).
+        * ``part/<class>/<landmark>``: the silhouette's pixels whose centre lies within
+          ``PART_RADIUS * r`` of the landmark (``r`` the object's circumscribed radius in pixels,
+          the landmark from :meth:`keypoints`). Clipped to the silhouette so that a part is
+          made of object pixels, as in segmentation part labels (a unit that fires on the
+          background beside an arrow's tip is not a tip detector); a part with no pixels (a
+          horn tip at 16 px) is left out. Parts may overlap where landmarks are close
+          (see :data:`PART_RADIUS`).
+        * ``distractor``: the pixels any distractor stroke or dot touches (any of the pixel's
+          four 2x subsamples, as drawn), less the object's pixels, since the object is drawn
+          over them.
+        * ``background``: every pixel in neither ``object/<class>`` nor ``distractor``.
+
+        So ``object``, ``distractor`` and ``background`` partition the image.
+
+        Args:
+            index: item index.
+            min_coverage: the object's pixel rule, as in :meth:`mask`.
+
+        Returns:
+            Dict from concept name (in :attr:`concepts` order) to a bool ``[H, W]`` tensor, holding
+            only the concepts with at least one pixel; a concept that is absent from the dict is
+            all False in this image. Each tensor is a separate copy.
+
+        Raises:
+            ValueError: ``min_coverage`` is not in (0, 1].
+
+        Example:
+            >>> ds = ShapesDataset(10, image_size=64)
+            >>> masks = ds.concept_masks(0)
+            >>> [k for k in masks if not k.startswith("part/")]
+            ['object/square', 'color/green', 'distractor', 'background']
+            >>> [k for k in masks if k.startswith("part/")][:2]
+            ['part/square/vertex0', 'part/square/vertex1']
+            >>> bool((masks["object/square"] | masks["distractor"] | masks["background"]).all())
+            True
+        """
+        level = _coverage_level(min_coverage)
+        scene, _ = self._scene(self._check_index(index))
+        g, s = scene.geometry, self.image_size
+        cls = CLASSES[g.label]
+        obj = _object_coverage(g, s) >= level
+        out: dict[str, np.ndarray] = {}
+        if not obj.any():  # every object covers dozens of pixels; only min_coverage=1 at 16 px may not
+            obj = np.zeros((s, s), dtype=bool)
+        else:
+            out[f"object/{cls}"] = obj
+            out[f"color/{color_name(scene.color)}"] = obj.copy()
+            # Parts: the disk test on the part's bounding window only (a few dozen pixels).
+            r = PART_RADIUS * g.radius
+            for name, p in _TEMPLATES[g.label][1].items():
+                kx, ky = self._to_pixels(g, p)
+                part = _disk(s, kx, ky, r)
+                part &= obj
+                if part.any():
+                    out[f"part/{cls}/{name}"] = part
+        if scene.strokes or scene.dots:
+            canvas = Image.new("L", (2 * s, 2 * s), 0)
+            _draw_distractors(ImageDraw.Draw(canvas), scene, ink=255)
+            distractor = np.asarray(canvas.reduce(2)) > 0
+            distractor &= ~obj
+            if distractor.any():
+                out["distractor"] = distractor
+                obj = obj | distractor
+        out["background"] = ~obj
+        return {k: torch.from_numpy(v) for k, v in out.items()}
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Undo the normalization of ``ds[i][0]`` (or a batch of them) for display.
@@ -366,43 +555,41 @@ class ShapesDataset(Dataset):
             self._rendered[i] = True
         return self._cache[i]
 
-    def _render(self, i: int, *, draw_object: bool = True) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """Draw item ``i``: returns an ``[H, W, 3]`` uint8 array and the object's box.
+    def _scene(self, i: int) -> tuple[_Scene, np.random.Generator]:
+        """Make every random draw of item ``i`` but the pixel noise, without drawing anything.
 
-        ``draw_object=False`` leaves the object out but draws everything else identically (all
-        random draws still happen), which is how the tests check that the box is tight.
+        The one draw that depends on pixels, the object colour's rejection loop, needs the
+        background only under the object's landmarks, so only those few pixels are evaluated
+        (bit-identical to the full background: same float32 operations, same 1-D blob profiles).
+        :meth:`_render` draws from the returned scene and continues the returned generator for
+        the noise, so the masks (:meth:`mask`, :meth:`concept_masks`) and the pictures share one
+        sequence of draws and cannot drift apart.
         """
         rng = self._rng(i)
         g = self._geometry(i, rng)
         s, c = self.image_size, self.clutter
-        ss = 2 * s  # supersampled canvas: draw at 2x, box-filter down for antialiasing
-        grid = (np.arange(s, dtype=np.float32) + 0.5) / s  # pixel centres in [0, 1]
 
-        # Background: linear gradient between two random colours, then soft colour blobs. It is
-        # smooth, so it is computed at 1x and upsampled (4x less numpy work than drawing at 2x).
+        # Background: linear gradient between two random colours, then soft colour blobs.
         c0, c1 = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
         phi = rng.uniform(0, 2 * math.pi)
-        cp, sp = math.cos(phi), math.sin(phi)
-        lo, hi = min(0.0, cp) + min(0.0, sp), max(0.0, cp) + max(0.0, sp)
-        t = ((cp * grid[None, :] + sp * grid[:, None] - lo) / (hi - lo))[..., None]
-        bg = c0 + (c1 - c0) * t
+        blobs: list[tuple[np.ndarray, float, float, float, float]] = []
         n_blobs = int(round(c * rng.integers(0, 3)))
         for _ in range(n_blobs):
             col = rng.uniform(0, 255, 3).astype(np.float32)
             bx, by = rng.uniform(0, 1, 2)
             sigma = rng.uniform(0.08, 0.25)
             a = min(1.0, rng.uniform(0.3, 0.6) * c)
-            gx = np.exp(-((grid - bx) ** 2) / (2 * sigma**2))
-            gy = np.exp(-((grid - by) ** 2) / (2 * sigma**2))
-            w = (a * gy[:, None] * gx[None, :])[..., None]
-            bg += (col - bg) * w
+            blobs.append((col, bx, by, sigma, a))
+        background = _Background(c0, c1, phi, tuple(blobs))
 
         # The object's colour must stand out from the background everywhere under it (the
         # gradient and blobs vary across a large object), else parts of the shape vanish and the
         # label is unknowable. Rejection on the worst of its landmarks keeps the colour otherwise
         # uniform; after 30 tries the best candidate wins.
         pts = [self._to_pixels(g, p) for p in _TEMPLATES[g.label][1].values()]
-        under = np.stack([bg[min(s - 1, max(0, int(y))), min(s - 1, max(0, int(x)))] for x, y in pts])
+        rows = np.array([min(s - 1, max(0, int(y))) for _, y in pts])
+        cols = np.array([min(s - 1, max(0, int(x))) for x, _ in pts])
+        under = self._background(background, rows, cols)
         best, best_d = None, -1.0
         for _ in range(30):
             color = rng.uniform(0, 255, 3).astype(np.float32)
@@ -411,46 +598,81 @@ class ShapesDataset(Dataset):
                 best, best_d = color, d
             if d > 100.0:
                 break
-        color = best
+        assert best is not None
 
         # Distractors: straight strokes (1-2 px) and small dots (diameter <= 8 % of the side, far
         # below the smallest object), drawn under the object so the box stays exact. Strokes are
         # single segments: bent ones make corners that read as parts of triangles, arrows or Ls,
         # which (measured) slowed learning several-fold without teaching anything about edges.
-        bg8 = np.clip(bg + 0.5, 0, 255).astype(np.uint8)
-        canvas = Image.fromarray(np.ascontiguousarray(bg8.repeat(2, axis=0).repeat(2, axis=1)), "RGB")
-        draw = ImageDraw.Draw(canvas)
+        # Coordinates are on the 2x canvas.
+        ss = 2 * s
         unit = ss / 64.0  # one 1x pixel at 64 px, in 2x canvas pixels
+        strokes: list[tuple[list[tuple[float, float]], tuple[int, int, int], int]] = []
         for _ in range(int(round(c * rng.integers(0, 3)))):
-            pts = rng.uniform(0, ss, (2, 2))
+            line = [tuple(p) for p in rng.uniform(0, ss, (2, 2))]
             fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-            draw.line([tuple(p) for p in pts], fill=fill, width=max(1, int(round(rng.uniform(1.0, 2.0) * unit))))
+            width = max(1, int(round(rng.uniform(1.0, 2.0) * unit)))
+            strokes.append((line, fill, width))  # type: ignore[arg-type]
+        dots: list[tuple[list[float], tuple[int, int, int]]] = []
         for _ in range(int(round(c * rng.integers(1, 3)))):
             x, y = rng.uniform(0, ss, 2)
             rad = rng.uniform(1.0, 2.5) * unit
             fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-            draw.ellipse([x - rad, y - rad, x + rad, y + rad], fill=fill)
+            dots.append(([x - rad, y - rad, x + rad, y + rad], fill))  # type: ignore[arg-type]
+
+        psi = rng.uniform(0, 2 * math.pi)  # direction of the object's shading
+        return _Scene(g, background, best, tuple(strokes), tuple(dots), float(psi)), rng
+
+    def _background(self, b: _Background, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The smooth background (gradient and blobs, float32 ``[..., 3]``) at pixels ``(rows, cols)``.
+
+        ``rows`` and ``cols`` broadcast against each other: ``arange(s)[:, None]`` and
+        ``arange(s)[None, :]`` give the whole ``[s, s, 3]`` picture, two 1-D arrays a few pixels.
+        Every pixel goes through the same float32 operations either way, so the values agree
+        to the bit (the colour choice in :meth:`_scene` depends on them).
+        """
+        s = self.image_size
+        grid = (np.arange(s, dtype=np.float32) + 0.5) / s  # pixel centres in [0, 1]
+        cp, sp = math.cos(b.phi), math.sin(b.phi)
+        lo, hi = min(0.0, cp) + min(0.0, sp), max(0.0, cp) + max(0.0, sp)
+        t = ((cp * grid[cols] + sp * grid[rows] - lo) / (hi - lo))[..., None]
+        bg = b.c0 + (b.c1 - b.c0) * t
+        for col, bx, by, sigma, a in b.blobs:
+            # The 1-D profiles over the whole grid, then indexed: the same exp() calls at any size.
+            gx = np.exp(-((grid - bx) ** 2) / (2 * sigma**2))
+            gy = np.exp(-((grid - by) ** 2) / (2 * sigma**2))
+            w = (a * gy[rows] * gx[cols])[..., None]
+            bg += (col - bg) * w
+        return bg
+
+    def _render(
+        self, i: int, *, draw_object: bool = True, draw_distractors: bool = True
+    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """Draw item ``i``: returns an ``[H, W, 3]`` uint8 array and the object's box.
+
+        ``draw_object=False`` (``draw_distractors=False``) leaves the object (the distractor
+        strokes and dots) out but draws everything else identically (all random draws still
+        happen), which is how the tests check the box and the masks against the pixels.
+        """
+        scene, rng = self._scene(i)
+        g = scene.geometry
+        s, c = self.image_size, self.clutter
+        ar = np.arange(s)
+        # The background is smooth, so it is computed at 1x and upsampled (4x less numpy work
+        # than drawing at 2x); distractors and the object are drawn at 2x and box-filtered down.
+        bg = self._background(scene.background, ar[:, None], ar[None, :])
+        bg8 = np.clip(bg + 0.5, 0, 255).astype(np.uint8)
+        canvas = Image.fromarray(np.ascontiguousarray(bg8.repeat(2, axis=0).repeat(2, axis=1)), "RGB")
+        if draw_distractors:
+            _draw_distractors(ImageDraw.Draw(canvas), scene)
         bg1 = np.asarray(canvas.reduce(2), dtype=np.float32)
 
-        # The object: a binary mask at 2x, box-filtered to coverage in [0, 1].
-        mask = Image.new("L", (ss, ss), 0)
-        mdraw = ImageDraw.Draw(mask)
-        for op in _TEMPLATES[g.label][0]:
-            # continuous pixel coordinate p maps to PIL's 2x pixel-centre coordinate 2p - 0.5
-            if op[0] == "poly":
-                pts = [self._to_pixels(g, p) for p in op[1]]
-                mdraw.polygon([(2 * x - 0.5, 2 * y - 0.5) for x, y in pts], fill=op[2])
-            else:
-                x, y = self._to_pixels(g, op[1])
-                r = 2 * op[2] * g.radius
-                mdraw.ellipse([2 * x - 0.5 - r, 2 * y - 0.5 - r, 2 * x - 0.5 + r, 2 * y - 0.5 + r], fill=op[3])
-        alpha = np.asarray(mask.reduce(2), dtype=np.float32)[..., None] / 255.0
+        alpha = _object_coverage(g, s).astype(np.float32)[..., None] / 255.0
 
         # Shading: the object's colour brightens along a random direction, a cue beyond flat colour.
-        psi = rng.uniform(0, 2 * math.pi)
         g1 = (np.arange(s, dtype=np.float32) + 0.5 - s / 2) / s
-        shade = 1.0 + 0.3 * c * (math.cos(psi) * g1[None, :] + math.sin(psi) * g1[:, None])
-        obj = np.clip(color * shade[..., None], 0, 255)
+        shade = 1.0 + 0.3 * c * (math.cos(scene.psi) * g1[None, :] + math.sin(scene.psi) * g1[:, None])
+        obj = np.clip(scene.color * shade[..., None], 0, 255)
         img = bg1 * (1 - alpha) + obj * alpha if draw_object else bg1
         if c > 0:
             img = img + rng.standard_normal((s, s, 3), dtype=np.float32) * (5.0 * c)
@@ -459,3 +681,88 @@ class ShapesDataset(Dataset):
         ys, xs = np.nonzero(alpha[..., 0] > 0)
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         return out, box
+
+
+@dataclass(frozen=True)
+class _Background:
+    c0: np.ndarray  # gradient end colours, float32 [3]
+    c1: np.ndarray
+    phi: float  # gradient direction
+    blobs: tuple[tuple[np.ndarray, float, float, float, float], ...]  # (colour, x, y, sigma, alpha)
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """Every random choice of one item but its pixel noise (see ``ShapesDataset._scene``)."""
+
+    geometry: _Geometry
+    background: _Background
+    color: np.ndarray  # the object's base colour, float32 RGB [3] in [0, 255]
+    strokes: tuple[tuple[list[tuple[float, float]], tuple[int, int, int], int], ...]  # 2x canvas
+    dots: tuple[tuple[list[float], tuple[int, int, int]], ...]  # ellipse boxes on the 2x canvas
+    psi: float  # shading direction
+
+
+def _object_coverage(g: _Geometry, size: int) -> np.ndarray:
+    """The object's coverage of each pixel, uint8 ``[size, size]``: 0, 64, 128, 191 or 255.
+
+    Drawn binary on a 2x canvas and box-filtered 2x2 down, so each value is a count of the
+    pixel's four subsamples that lie inside (PIL rounds k*255/4 to 0, 64, 128, 191, 255).
+    """
+    mask = Image.new("L", (2 * size, 2 * size), 0)
+    mdraw = ImageDraw.Draw(mask)
+    for op in _TEMPLATES[g.label][0]:
+        # continuous pixel coordinate p maps to PIL's 2x pixel-centre coordinate 2p - 0.5
+        if op[0] == "poly":
+            pts = [ShapesDataset._to_pixels(g, p) for p in op[1]]
+            mdraw.polygon([(2 * x - 0.5, 2 * y - 0.5) for x, y in pts], fill=op[2])
+        else:
+            x, y = ShapesDataset._to_pixels(g, op[1])
+            r = 2 * op[2] * g.radius
+            mdraw.ellipse([2 * x - 0.5 - r, 2 * y - 0.5 - r, 2 * x - 0.5 + r, 2 * y - 0.5 + r], fill=op[3])
+    return np.asarray(mask.reduce(2))
+
+
+def _draw_distractors(draw: ImageDraw.ImageDraw, scene: _Scene, ink: Any = None) -> None:
+    """Draw the scene's strokes, then its dots, on a 2x canvas, in their colours or all in ``ink``."""
+    for line, fill, width in scene.strokes:
+        draw.line(line, fill=fill if ink is None else ink, width=width)
+    for ellipse, fill in scene.dots:
+        draw.ellipse(ellipse, fill=fill if ink is None else ink)
+
+
+def _coverage_level(min_coverage: float) -> int:
+    """The least uint8 coverage value (:func:`_object_coverage`) that meets ``min_coverage``."""
+    if isinstance(min_coverage, bool) or not isinstance(min_coverage, (int, float)) or not 0 < min_coverage <= 1:
+        raise ValueError(f"min_coverage must be a number in (0, 1], got {min_coverage!r}")
+    # coverage k/4 >= min_coverage for the smallest such k; the 1e-9 forgives 0.25 written as 1/4
+    k = math.ceil(4 * float(min_coverage) - 1e-9)
+    return (0, 64, 128, 191, 255)[k]
+
+
+def _disk(size: int, x: float, y: float, r: float) -> np.ndarray:
+    """Bool ``[size, size]``: pixels whose centre ``(j + 0.5, i + 0.5)`` lies within ``r`` of ``(x, y)``."""
+    out = np.zeros((size, size), dtype=bool)
+    x0, x1 = max(0, math.floor(x - r - 0.5)), min(size, math.ceil(x + r + 0.5))
+    y0, y1 = max(0, math.floor(y - r - 0.5)), min(size, math.ceil(y + r + 0.5))
+    if x0 < x1 and y0 < y1:
+        dx = np.arange(x0, x1) + 0.5 - x
+        dy = np.arange(y0, y1) + 0.5 - y
+        out[y0:y1, x0:x1] = dy[:, None] ** 2 + dx[None, :] ** 2 <= r * r
+    return out
+
+
+@functools.cache
+def _concept_names() -> tuple[str, ...]:
+    names = [f"object/{c}" for c in CLASSES] + [f"color/{c}" for c in COLOR_NAMES]
+    # A landmark's part is listed when its disk overlaps the object drawn large (radius 48 px,
+    # unrotated): that drops only the ring's centre, whose disk lies inside the hole.
+    size = 128
+    for label, (_, keypoints) in enumerate(_TEMPLATES):
+        g = _Geometry(label, size / 2, size / 2, 48.0, 0.0)
+        obj = _object_coverage(g, size) > 0
+        for name, p in keypoints.items():
+            x, y = ShapesDataset._to_pixels(g, p)
+            if (_disk(size, x, y, PART_RADIUS * g.radius) & obj).any():
+                names.append(f"part/{CLASSES[label]}/{name}")
+    return (*names, "distractor", "background")
