@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader
 
 def _mining(width: float, n_images: int, batch_size: int, repeats: int) -> list[tuple[str, float, float]]:
     from zflight import zfnet
-    from zflight.attribution import forward_to, resolve_layer, top_activations
+    from zflight.analysis import top_activations
+    from zflight.attribution import forward_to, resolve_layer
     from zflight.data import ShapesDataset
 
     torch.manual_seed(0)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> Path:
     fit_args = (TOY if args.toy else []) + extra
     ckpts = [train(arch, root, fit_args) for arch in ARCHS]
 
-    from zflight.analyses.compare_cli import main as compare_main
+    from zflight.cli.compare import main as compare_main
 
     return compare_main([
         "--ckpt_path", str(ckpts[0]),

@@ -34,8 +34,9 @@ import time
 
 import torch
 
-from zflight.analyses.occlusion_cli import CLIError, load_checkpoint
-from zflight.analyses.occlusion_figure import default_geometry
+from zflight.cli._common import AnalysisError
+from zflight.cli.occlusion import load_checkpoint
+from zflight.analysis.occlusion import default_geometry
 from zflight.attribution.occlusion import OcclusionMaps, occlusion_maps
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     args = p.parse_args(argv)
     try:
         module, datamodule = load_checkpoint(args.ckpt_path, args.device)
-    except CLIError as err:
+    except AnalysisError as err:
         p.error(str(err))
     if datamodule is None:
         p.error("the checkpoint's data module cannot be rebuilt")

@@ -1,7 +1,8 @@
 """zflight: train ZFNet with PyTorch Lightning and see what every layer learned.
 
 Public names, in the order data flows: data → models → LightningModule → callbacks, with the
-attribution tools (plain PyTorch + Captum, no Lightning) beside them.
+attribution methods and the analyses built on them (plain PyTorch + Captum, no Lightning)
+beside them. The code's rooms: docs/architecture-of-the-code.md.
 
 Example:
     >>> import torch, zflight
@@ -10,21 +11,19 @@ Example:
     torch.Size([2, 3, 64, 64])
 """
 
-from zflight.attribution import (
+from zflight.analysis import (
     ArchitectureReport,
     Correspondence,
-    DeconvNet,
     InvarianceCurves,
-    OcclusionMaps,
     ReceptiveField,
     TopActivations,
     architecture_report,
     correspondence,
     invariance_curves,
-    occlusion_maps,
     receptive_field,
     top_activations,
 )
+from zflight.attribution import DeconvNet, OcclusionMaps, occlusion_maps
 from zflight.checkpoint import load_classifier
 from zflight.callbacks import (
     FeatureEvolution,
@@ -67,12 +66,13 @@ __all__ = [
     "InvarianceFigures",
     # attribution
     "DeconvNet",
+    "occlusion_maps",
+    "OcclusionMaps",
+    # analysis
     "top_activations",
     "TopActivations",
     "receptive_field",
     "ReceptiveField",
-    "occlusion_maps",
-    "OcclusionMaps",
     "invariance_curves",
     "InvarianceCurves",
     "architecture_report",

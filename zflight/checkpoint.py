@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_classifier", "read_checkpoint", "rebuild_datamodule"]
+__all__ = ["load_classifier", "read_checkpoint", "rebuild_datamodule", "open_checkpoint", "check_state_dict"]
 
 
 def load_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -70,23 +70,101 @@ def read_checkpoint(
     from zflight.module import ImageClassifier
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a truncated or foreign file: name it, no pickle trace
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{path} is not a zflight checkpoint (no state_dict/hyper_parameters)")
+    ckpt = open_checkpoint(path, map_location)
+    if "hyper_parameters" not in ckpt:
+        raise ValueError(f"{path} is not a zflight checkpoint (no hyper_parameters)")
     accepted = inspect.signature(ImageClassifier.__init__).parameters
     hparams = {k: v for k, v in dict(ckpt["hyper_parameters"]).items() if k in accepted and k != "self"}
     hparams["weights"] = None  # the weights come from the checkpoint
     try:
         module = ImageClassifier(**hparams)
-        module.load_state_dict(ckpt["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"{path} does not match zflight's ImageClassifier: {err}") from None
+    check_state_dict(ckpt["state_dict"], module, path)
+    module.load_state_dict(ckpt["state_dict"])
     return module.eval(), dict(ckpt.get("datamodule_hyper_parameters") or {})
+
+
+def open_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict[str, Any]:
+    """Read a Lightning checkpoint with ``torch.load(weights_only=True)``; errors are one line.
+
+    Args:
+        path: the ``.ckpt`` file.
+        map_location: ``torch.load``'s ``map_location``.
+        mmap: map the tensors instead of reading them (cheap: for checking a file before a run).
+
+    Returns:
+        The checkpoint dict; it has a ``state_dict``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file and what is wrong with it: not a torch file,
+            truncated or corrupt, holding pickled objects that ``weights_only`` refuses, or
+            no ``state_dict``.
+
+    Example:
+        >>> ckpt = open_checkpoint("runs/quickstart/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
+        >>> sorted(ckpt)[:3]  # doctest: +SKIP
+        ['callbacks', 'datamodule_hyper_parameters', 'epoch']
+    """
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        # torch's message is a paragraph on weights_only; the user needs the one fact.
+        raise ValueError(
+            f"{path} holds pickled Python objects that weights_only loading refuses to run "
+            "(not a checkpoint written by zflight, or written with custom objects)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        text = str(err)
+        if "central directory" in text or isinstance(err, EOFError) or "truncated" in text.lower():
+            reason = "is truncated or corrupt (cannot read its zip archive)"
+        elif "_use_new_zipfile_serialization" in text or "invalid load key" in text:
+            reason = "is not a torch checkpoint file"
+        else:
+            reason = f"cannot be read as a checkpoint ({type(err).__name__}: {text.splitlines()[0][:120]})"
+        raise ValueError(f"{path} {reason}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a zflight checkpoint (no state_dict)")
+    return ckpt
+
+
+def check_state_dict(state_dict: dict[str, Any], module: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Check that ``state_dict`` fits ``module`` (same keys, same shapes); else one line naming ``path``.
+
+    Raises:
+        ValueError: ``<path> is a checkpoint of another model: ...`` with the count of missing and
+            unexpected keys and the first key whose shape differs.
+
+    Example:
+        >>> check_state_dict(ckpt["state_dict"], module, "last.ckpt")  # doctest: +SKIP
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k} is {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
+        for k, v in state_dict.items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights missing (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+    if shapes:
+        parts.append(shapes[0])
+    raise ValueError(f"{path} is a checkpoint of another model: {'; '.join(parts)}")
 
 
 def rebuild_datamodule(data_hp: dict[str, Any], image_size: int = 64) -> Any:

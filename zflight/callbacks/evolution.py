@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 
 from zflight.attribution._layers import resolve_layer
-from zflight.attribution.topk import top_activation_crops, top_activations
+from zflight.analysis.topk import top_activation_crops, top_activations
 from zflight.callbacks._common import (
     Maps,
     _analysis_mode,
@@ -180,7 +180,9 @@ class FeatureEvolution(_EpochEndCallback):
             raise ValueError("no column yet: the first scheduled epoch has not ended")
         return evolution_grid(
             [col[layer] for _, col in self._columns],
-            labels=[f"ep {e}" for e, _ in self._columns],
+            labels=[f"epoch {e}" for e, _ in self._columns],
+            row_labels=[f"unit {c}" for c in self._channels[layer]],
+            title=f"{layer}: strongest activation per epoch",
             normalize=False,
         )
 

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from zflight.analyses._common import write_json
-from zflight.analyses.invariance_cli import example_strip, invariance_figure
-from zflight.attribution.invariance import TRANSFORMS, default_amounts, invariance_curves
+from zflight.cli._common import write_json
+from zflight.cli.invariance import example_strip, invariance_figure
+from zflight.analysis.invariance import TRANSFORMS, default_amounts, invariance_curves
 from zflight.callbacks._common import (
     _analysis_mode,
     _check_epochs,
@@ -37,7 +37,7 @@ class InvarianceFigures(_LayerEpochCallback):
 
     At each scheduled epoch (and at the end of training), the fixed images ``indices`` of the
     ``split`` data set are translated vertically, scaled and rotated over a range of amounts
-    (:func:`~zflight.attribution.invariance.invariance_curves`); the figure (per transformation:
+    (:func:`~zflight.analysis.invariance.invariance_curves`); the figure (per transformation:
     examples, the feature distance of each layer, the true-label probability) is logged to
     TensorBoard as ``invariance`` at the global step and written to
     ``<log_dir>/figures/invariance_epoch<NNN>.png`` with the numbers in ``.json`` beside it.
@@ -49,7 +49,7 @@ class InvarianceFigures(_LayerEpochCallback):
         layers: layers whose features are compared (zfnet's ``norm1`` and ``relu7`` are the
             paper's layers 1 and 7).
         amounts: transform name → amounts; missing ones get
-            :func:`~zflight.attribution.invariance.default_amounts`.
+            :func:`~zflight.analysis.invariance.default_amounts`.
         epochs: epochs (counted from 1) after which to log; ``None``: only at the end.
         split: ``"val"`` or ``"train"``.
         fill: value of uncovered pixels in the model's input space (0.0: the data mean).

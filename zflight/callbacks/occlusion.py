@@ -1,7 +1,7 @@
 """Callback that draws the paper's Fig. 7 (occlusion sensitivity) for fixed validation images.
 
-Thin by design: it picks the images, calls :func:`zflight.analyses.occlusion_figure.occlusion_analysis`
-for the numbers and :func:`~zflight.analyses.occlusion_figure.occlusion_figure` for the picture,
+Thin by design: it picks the images, calls :func:`zflight.analysis.occlusion.occlusion_analysis`
+for the numbers and :func:`~zflight.figures.occlusion.occlusion_figure` for the picture,
 and logs. What it promises about the run it watches:
 
 - **When.** After the validation of every ``every_n_epochs``-th training epoch (epochs counted
@@ -100,8 +100,8 @@ class OcclusionFigures(Callback):
 
     # ------------------------------------------------------------------------------- internals
     def _draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
-        from zflight.analyses.occlusion_figure import default_geometry, occlusion_analysis, occlusion_figure
-        from zflight.figures import figure_to_tensor, save_figure
+        from zflight.analysis.occlusion import default_geometry, occlusion_analysis
+        from zflight.figures import figure_to_tensor, occlusion_figure, save_figure
 
         dataset = _validation_dataset(trainer)
         bad = [i for i in self.indices if i >= len(dataset)]

@@ -30,7 +30,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
 from zflight.attribution._layers import resolve_layer
-from zflight.attribution.topk import top_activation_crops, top_activations
+from zflight.analysis.topk import top_activation_crops, top_activations
 from zflight.callbacks._common import (
     _analysis_mode,
     _check_epochs,
@@ -146,7 +146,11 @@ class TopActivationPanels(_LayerEpochCallback):
                 projections, patches = top_activation_crops(
                     model, tops[name], dataset, tile=self.tile, batch_size=self.batch_size
                 )
-                panel = top_activation_panel(projections, patches, maps_per_row=self.maps_per_row)
+                panel = top_activation_panel(
+                    projections, patches, maps_per_row=self.maps_per_row,
+                    captions=[f"{name} unit {c}" for c in tops[name].channels.tolist()],
+                    title=f"top-{self.k} of {name}, epoch {epoch}",
+                )
                 save_png(panel, folder / f"top{self.k}_{_file_part(name)}_epoch{epoch:03d}.png")
                 _log_image(trainer, f"top{self.k}/{name}", panel, trainer.global_step)
 

@@ -1,0 +1,131 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from zflight.cli import main as _main
+
+
+def main(args: list[str]):
+    # LightningCLI warns when it is given args while sys.argv holds pytest's own arguments.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["zflight"])
+        return _main(args)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def _tiny(tmp_path: Path, *extra: str) -> list[str]:
+    """The quickstart config, shrunk to seconds, logging into tmp_path."""
+    return [
+        "--config", QUICKSTART,
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        "--trainer.max_epochs=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.log_every_n_steps=1",
+        "--model.width=0.125",
+        "--data.init_args.train_size=48",
+        "--data.init_args.val_size=16",
+        "--data.init_args.test_size=16",
+        "--data.init_args.batch_size=16",
+        *extra,
+    ]
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    (run,) = sorted((tmp_path / "runs" / "quickstart").glob("version_*"))
+    return run
+
+
+def test_fit_writes_last_checkpoint_and_tensorboard_scalars_and_says_where(tmp_path, capsys):
+    main(["fit", *_tiny(tmp_path)])
+    run = _run_dir(tmp_path)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    out = capsys.readouterr().out
+    assert f"checkpoints: {run / 'checkpoints'}" in out
+    assert f"TensorBoard logs: {run}" in out
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert {"train/loss", "val/acc1", "val/acc5", "val/loss"} <= set(events.Tags()["scalars"])
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    main(["fit", *_tiny(tmp_path)])
+    ckpt = torch.load(_run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["arch"] == "zfnet"
+    assert ckpt["hyper_parameters"]["num_classes"] == 10
+
+
+def test_ckpt_path_last_resumes_the_same_run(tmp_path, monkeypatch):
+    main(["fit", *_tiny(tmp_path)])
+    last = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=True)
+    loads = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    main(["fit", *_tiny(tmp_path, "--trainer.max_epochs=2", "--ckpt_path=last")])
+    monkeypatch.undo()
+    assert loads and all(flag is True for flag in loads)  # resumed without unpickling code
+    run = _run_dir(tmp_path)  # still one version folder: the resumed run continued it
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    # 48 images at batch 16: 3 steps per epoch; the second run added exactly one epoch
+    assert first["global_step"] == 3 and resumed["global_step"] == 6
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert len(events.Scalars("val/acc1")) == 2  # both epochs' validation in the same run
+
+
+def test_print_config_shows_resolved_quickstart(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", QUICKSTART, "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "arch: zfnet" in out and "class_path: zflight.data.ShapesDataModule" in out
+
+
+def test_wrong_config_key_fails_with_one_message_naming_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_tiny(tmp_path, "--model.widht=0.5")])
+    assert exit_info.value.code == 2
+    assert "widht" in capsys.readouterr().err
+
+
+def test_missing_data_folder_fails_with_one_message_naming_it(tmp_path, capsys):
+    missing = tmp_path / "no-imagenet"
+    config = str(ROOT / "configs" / "zfnet_imagenet.yaml")
+    args = ["fit", "--config", config, f"--data.init_args.root={missing}", "--trainer.accelerator=cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err
+
+
+def test_fit_with_two_ddp_processes_on_cpu(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [
+        sys.executable, "-m", "zflight", "fit", *_tiny(tmp_path),
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _run_dir(tmp_path)  # one logging folder, written by rank 0 only
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert proc.stdout.count("TensorBoard logs:") == 1
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    # 48 training images over 2 ranks at batch 16: 2 steps per epoch per rank
+    assert ckpt["global_step"] == 2

@@ -1,0 +1,125 @@
+"""``python -m zflight visualize``: Fig. 2 panels from a checkpoint, written atomically."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from PIL import Image
+
+from zflight.cli import main as zflight_main
+from zflight.data import ShapesDataModule
+from zflight.module import ImageClassifier
+from zflight.cli.visualize import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A config and a one-epoch checkpoint of a tiny ZFNet on 32 shapes."""
+    root = tmp_path_factory.mktemp("trained")
+    config = root / "config.yaml"
+    config.write_text(
+        "data:\n"
+        "  class_path: zflight.data.ShapesDataModule\n"
+        "  init_args: {image_size: 64, train_size: 32, val_size: 24, test_size: 8, batch_size: 16}\n"
+    )
+    module = ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64, init="kaiming")
+    dm = ShapesDataModule(image_size=64, train_size=32, val_size=24, test_size=8, batch_size=16)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, default_root_dir=root)
+    trainer.fit(module, datamodule=dm)
+    ckpt = root / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return config, ckpt
+
+
+def _args(trained, out: Path, *extra: str) -> list[str]:
+    config, ckpt = trained
+    return ["--config", str(config), "--ckpt_path", str(ckpt), "--out", str(out),
+            "--maps", "3", "--k", "4", "--tile", "16", *extra]
+
+
+def test_writes_a_panel_per_layer_and_the_filters(trained, tmp_path):
+    out = tmp_path / "panels"
+    main(_args(trained, out))
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["filters_conv1.png", "top4_conv1.png", "top4_conv2.png", "top4_conv3.png",
+                     "top4_conv4.png", "top4_conv5.png", "top_activations.json"]
+    report = json.loads((out / "top_activations.json").read_text())
+    assert report["images"] == 24
+    conv5 = report["layers"]["conv5"]
+    assert len(conv5["channels"]) == 3 and all(len(row) == 4 for row in conv5["indices"])
+    panel = np.asarray(Image.open(out / "top4_conv5.png"))
+    assert panel.ndim == 3 and panel.shape[2] == 3
+    assert not list(tmp_path.glob(".panels*")), "the temporary folder must be gone"
+
+
+def test_is_reachable_from_python_m_zflight_and_is_deterministic(trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["zflight"])
+    main(_args(trained, tmp_path / "a", "--layers", "conv2"))
+    zflight_main(["visualize", *_args(trained, tmp_path / "b", "--layers", "conv2")])
+    a = np.asarray(Image.open(tmp_path / "a" / "top4_conv2.png"))
+    b = np.asarray(Image.open(tmp_path / "b" / "top4_conv2.png"))
+    assert np.array_equal(a, b)
+
+
+def test_existing_out_needs_overwrite(trained, tmp_path, capsys):
+    out = tmp_path / "panels"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(SystemExit) as info:
+        main(_args(trained, out, "--layers", "conv1"))
+    assert info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    main(_args(trained, out, "--layers", "conv1", "--overwrite"))
+    assert sorted(p.name for p in out.iterdir()) == ["filters_conv1.png", "top4_conv1.png", "top_activations.json"]
+
+
+def test_a_failure_leaves_no_folder_that_looks_complete(trained, tmp_path, monkeypatch):
+    import zflight.figures
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(zflight.figures, "top_activation_panel", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        main(_args(trained, tmp_path / "panels", "--layers", "conv1"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("--layers", "conv9"), "conv9"),
+        (("--k", "0"), "--k"),
+    ],
+)
+def test_bad_input_ends_with_one_error_line(trained, tmp_path, capsys, change, message):
+    with pytest.raises(SystemExit) as info:
+        main(_args(trained, tmp_path / "out", *change))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_checkpoint_written_by_the_cli_loads(trained, tmp_path):
+    # LightningCLI stores extra hyper_parameters entries that are not constructor arguments.
+    config, ckpt = trained
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    cli_ckpt = tmp_path / "cli.ckpt"
+    torch.save(checkpoint, cli_ckpt)
+    main(["--config", str(config), "--ckpt_path", str(cli_ckpt), "--out", str(tmp_path / "o"),
+          "--layers", "conv1", "--maps", "2", "--k", "2", "--tile", "8"])
+    assert (tmp_path / "o" / "top2_conv1.png").is_file()
+
+
+def test_missing_checkpoint_is_named(trained, tmp_path, capsys):
+    config, _ = trained
+    with pytest.raises(SystemExit):
+        main(["--config", str(config), "--ckpt_path", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")])
+    assert "nope.ckpt" in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""What the paper measures with maps and activations: functions that return small result classes.
+
+Plain PyTorch (and :mod:`zflight.attribution`), no Lightning, no argparse, no drawing:
+
+- Fig. 2: :func:`top_activations` (the strongest activations of feature maps over a data set,
+  projected to pixels) and :func:`receptive_field` (which input pixels a unit sees);
+- Fig. 5: :func:`invariance_curves`; Fig. 6: :func:`architecture_report`; Table 1:
+  :func:`correspondence`; Fig. 7: :func:`occlusion_analysis` (occlusion maps plus the tracked
+  feature map's projection).
+
+Their pictures are drawn by :mod:`zflight.figures`.
+"""
+
+from zflight.analysis.architecture import (
+    ArchitectureReport,
+    architecture_report,
+    dead_filters,
+    shift_aliasing,
+    spectral_bands,
+    stride_aliasing,
+)
+from zflight.analysis.correspondence import (
+    Correspondence,
+    correspondence,
+    correspondence_delta,
+    keypoint_masks,
+)
+from zflight.analysis.invariance import InvarianceCurves, invariance_curves
+from zflight.analysis.occlusion import occlusion_analysis
+from zflight.analysis.receptive_field import ReceptiveField, receptive_field
+from zflight.analysis.topk import TopActivations, top_activation_crops, top_activations
+
+__all__ = [
+    "TopActivations",
+    "top_activations",
+    "top_activation_crops",
+    "ReceptiveField",
+    "receptive_field",
+    "InvarianceCurves",
+    "invariance_curves",
+    "ArchitectureReport",
+    "architecture_report",
+    "dead_filters",
+    "spectral_bands",
+    "stride_aliasing",
+    "shift_aliasing",
+    "Correspondence",
+    "correspondence",
+    "correspondence_delta",
+    "keypoint_masks",
+    "occlusion_analysis",
+]

@@ -1,0 +1,464 @@
+"""Plumbing shared by every subcommand but the Trainer's (``visualize``, ``occlusion``,
+``invariance``, ``compare``, ``correspondence``, ``pack``): the parser, one-line errors, the
+output folder written all at once, JSON, the checkpoint and the embedded data set.
+
+* :func:`subcommand_parser`, :class:`ArgumentParser`, :class:`AnalysisError` and :func:`run_cli`:
+  options are never abbreviated, and a bad input ends with one ``error:`` line (naming the
+  option and its close match), exit 2.
+* :func:`check_out` and :func:`output_dir`: ``--out`` must not exist unless ``--overwrite``;
+  everything is written into a temporary folder beside ``--out`` that is renamed to ``--out``
+  once complete, so a failed run never leaves a folder that looks like a result.
+* :func:`write_json`, :func:`read_ckpt`, :func:`load_network`, :func:`embedded_dataset`,
+  :func:`pick_images`, :func:`common_arguments`.
+* Image files instead of data set images (``--images``): :func:`rebuild_data`,
+  :func:`load_image_files` (resized and normalized as the data module's evaluation transform
+  does), :func:`class_indices` (class names or numbers), :func:`data_classes`,
+  :func:`display_images`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "ArgumentParser",
+    "subcommand_parser",
+    "AnalysisError",
+    "run_cli",
+    "check_out",
+    "output_dir",
+    "write_json",
+    "read_ckpt",
+    "load_network",
+    "embedded_dataset",
+    "pick_images",
+    "common_arguments",
+    "rebuild_data",
+    "data_classes",
+    "data_mean_std",
+    "display_images",
+    "load_image_files",
+    "class_indices",
+    "safe_name",
+]
+
+
+class AnalysisError(ValueError):
+    """A bad input to a subcommand; its message is the one line the user sees."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with zflight's two rules for a command line.
+
+    - An option is never abbreviated (``allow_abbrev=False``): ``--layer`` is not taken for
+      ``--layers``.
+    - A parse error is one line, ``<prog>: error: <message>``, exit status 2, with the close
+      match of an unknown option (``--stirde``: did you mean ``--stride``?) and no usage block:
+      ``--help`` has that.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> Any:  # argparse's signature; never returns
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            options = [o for a in self._actions for o in a.option_strings]
+            words = [w.split("=", 1)[0] for w in unknown.group(1).split() if w.startswith("-")]
+            close = [m for w in words for m in difflib.get_close_matches(w, options, n=1)]
+            if close:
+                message += f" (did you mean {' '.join(close)}?)"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def subcommand_parser(name: str, description: str) -> ArgumentParser:
+    """Return the parser of ``python -m zflight <name>``, described by ``description``.
+
+    Example:
+        >>> p = subcommand_parser("occlusion", "Occlusion sensitivity (Fig. 7).")
+        >>> p.prog
+        'python -m zflight occlusion'
+    """
+    return ArgumentParser(prog=f"python -m zflight {name}", description=description)
+
+
+def run_cli(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    body: Callable[[argparse.Namespace], Any],
+    *,
+    catch: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError),
+) -> Any:
+    """Parse ``argv`` and call ``body(args)``; a ``catch`` error ends with one ``error:`` line (exit 2).
+
+    Args:
+        parser: the subcommand's parser (:func:`subcommand_parser`).
+        argv: its arguments (``sys.argv[2:]`` when ``None``).
+        body: the work.
+        catch: the exceptions shown as one line (default: any ``FileNotFoundError`` or
+            ``ValueError``: :class:`AnalysisError`, and the analysis functions' errors, which
+            name the argument or the layer).
+
+    Example:
+        >>> run_cli(parser, ["--out", "x"], lambda args: None)  # doctest: +SKIP
+    """
+    args = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
+    try:
+        return body(args)
+    except catch as err:
+        parser.error(str(err).strip() or type(err).__name__)
+
+
+def check_out(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Return ``out`` as a ``Path`` if a run may write it (call it before any long work).
+
+    Raises:
+        AnalysisError: ``out`` exists and is not a folder, or exists and ``overwrite`` is false.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AnalysisError(f"--out: {out} exists and is not a folder")
+    if out.exists() and not overwrite:
+        raise AnalysisError(f"--out: {out} already exists; pass --overwrite to replace it")
+    return out
+
+
+@contextlib.contextmanager
+def output_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh folder beside ``out``; on success it is renamed to ``out``.
+
+    A failure removes the temporary folder, so ``out`` is either complete or absent (or the
+    previous complete result, untouched). With ``overwrite`` the old ``out`` is moved aside
+    before the new one is renamed into place, so at every moment ``out`` is one whole result.
+
+    Args:
+        out: the folder to create.
+        overwrite: replace an existing ``out`` (else that is an error, see :func:`check_out`).
+
+    Raises:
+        AnalysisError: see :func:`check_out`.
+
+    Example:
+        >>> with output_dir("out/invariance") as tmp:  # doctest: +SKIP
+        ...     (tmp / "a.json").write_text("{}")
+    """
+    out = check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _fresh_dir(out, "partial")
+    try:
+        yield tmp
+        if out.exists():
+            old = _fresh_dir(out, "old")
+            os.replace(out, old / "previous")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fresh_dir(out: Path, kind: str) -> Path:
+    """A new hidden folder beside ``out`` (same file system, so renaming it is atomic)."""
+    # Not tempfile.mkdtemp: its folders are private (0700), and this one becomes the result.
+    path = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.{kind}"
+    path.mkdir()
+    return path
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON (NaN/inf become null, as JSON has neither).
+
+    Example:
+        >>> write_json({"a": 1.0}, "out/a.json")  # doctest: +SKIP
+    """
+    path = Path(path)
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, (np.floating, np.integer)):
+            return clean(v.item())
+        return v
+
+    path.write_text(json.dumps(clean(data), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def read_ckpt(ckpt_path: str | os.PathLike, flag: str = "--ckpt_path") -> tuple[Any, dict[str, Any]]:
+    """:func:`zflight.checkpoint.read_checkpoint`, its errors as one line naming ``flag``.
+
+    Raises:
+        AnalysisError: the file is missing or is not a zflight checkpoint.
+    """
+    from zflight.checkpoint import read_checkpoint
+
+    try:
+        return read_checkpoint(ckpt_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise AnalysisError(f"{flag}: {err}") from None
+
+
+def load_network(
+    ckpt_path: str | os.PathLike, flag: str = "--ckpt_path"
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Load a zflight checkpoint: ``(network in eval mode, model hparams, data-module hparams)``.
+
+    The network is ``ImageClassifier.model`` (zfnet, alexnet_zf or a torchvision model), from
+    :func:`zflight.checkpoint.read_checkpoint`.
+
+    Args:
+        ckpt_path: a ``.ckpt`` written by ``python -m zflight fit``.
+        flag: the option named in error messages.
+
+    Returns:
+        The network, the model's hyperparameters, the data module's (empty if not saved).
+
+    Raises:
+        AnalysisError: the file is missing or is not a zflight checkpoint.
+
+    Example:
+        >>> model, hp, data_hp = load_network("runs/quickstart/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
+    """
+    module, data_hp = read_ckpt(ckpt_path, flag)
+    data_hp = {k: v for k, v in data_hp.items() if not k.startswith("_")}
+    return module.model.eval(), dict(module.hparams), data_hp
+
+
+def embedded_dataset(hparams: dict[str, Any], data_hp: dict[str, Any], split: str = "val") -> Any:
+    """Return the split of the embedded shapes data set the checkpoint was trained with.
+
+    ``ShapesDataModule`` draws split ``k`` (train 0, val 1, test 2) from seed ``3*seed + k``;
+    the sizes, image size, seed and clutter come from the checkpoint's data-module
+    hyperparameters, with the data module's defaults where missing.
+
+    Args:
+        hparams: the model's hyperparameters (for ``image_size`` when the data's are missing).
+        data_hp: the data module's hyperparameters.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+
+    Returns:
+        A :class:`~zflight.data.ShapesDataset`.
+
+    Raises:
+        AnalysisError: the checkpoint was not trained on the embedded data set, or a bad split.
+
+    Example:
+        >>> ds = embedded_dataset({"image_size": 64}, {}, "val")  # doctest: +SKIP
+    """
+    from zflight.data import ShapesDataset
+
+    splits = {"train": 0, "val": 1, "test": 2}
+    if split not in splits:
+        raise AnalysisError(f"--split must be one of train, val, test; got {split!r}")
+    # ImageFolderDataModule saves a root folder; the embedded data module does not.
+    if any(k in data_hp for k in ("root", "train_dir", "data_dir")):
+        raise AnalysisError("the checkpoint was not trained on the embedded shapes data set; "
+                            "these subcommands read images from it by index")
+    size = int(data_hp.get(f"{split}_size", {"train": 8000, "val": 1000, "test": 1000}[split]))
+    return ShapesDataset(
+        size,
+        image_size=int(data_hp.get("image_size", hparams.get("image_size", 64))),
+        seed=3 * int(data_hp.get("seed", 0)) + splits[split],
+        clutter=float(data_hp.get("clutter", 1.0)),
+    )
+
+
+def pick_images(dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(images [N, C, H, W], labels [N])`` of ``dataset`` at ``indices``.
+
+    Raises:
+        AnalysisError: no indices, or one out of range (the message names ``--indices``).
+
+    Example:
+        >>> x, y = pick_images(ShapesDataset(20), [0, 3])  # doctest: +SKIP
+    """
+    if not indices:
+        raise AnalysisError("--indices: give at least one image index")
+    n = len(dataset)
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise AnalysisError(f"--indices: {bad[0]} is out of range for a split of {n} images (0..{n - 1})")
+    items = [dataset[i] for i in indices]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def common_arguments(
+    parser: argparse.ArgumentParser, *, indices: Sequence[int] | None, images: bool = False
+) -> None:
+    """Add ``--ckpt_path``, ``--out``, ``--overwrite``, ``--split`` (and ``--indices``).
+
+    With ``images``, also ``--images`` (image files), mutually exclusive with ``--indices``.
+    """
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `python -m zflight fit`")
+    parser.add_argument("--out", required=True, help="output folder (written whole, or not at all)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--split", default="val", choices=["train", "val", "test"],
+                        help="split of the embedded data set the images come from (default: val)")
+    src = parser.add_mutually_exclusive_group() if images else parser
+    if indices is not None:
+        src.add_argument("--indices", type=int, nargs="+", default=list(indices),
+                         help=f"image indices in the split (default: {' '.join(map(str, indices))})")
+    if images:
+        src.add_argument("--images", nargs="+", help="image files instead of data set images")
+
+
+# ------------------------------------------------------------------------------ image files
+def rebuild_data(dm_hparams: dict[str, Any], image_size: int) -> Any:
+    """:func:`zflight.checkpoint.rebuild_datamodule`, or ``None`` when it cannot be rebuilt.
+
+    Image files need the data module only for its evaluation transform, normalization and class
+    names, so an image folder that is gone is not an error here.
+
+    Args:
+        dm_hparams: the checkpoint's data-module hyperparameters, as :func:`read_ckpt` returns them
+            (``_class_path`` included).
+        image_size: the model's image size.
+
+    Example:
+        >>> module, dm_hp = read_ckpt("last.ckpt")  # doctest: +SKIP
+        >>> dm = rebuild_data(dm_hp, module.hparams["image_size"])  # doctest: +SKIP
+    """
+    from zflight.checkpoint import rebuild_datamodule
+
+    try:
+        return rebuild_datamodule(dm_hparams, int(image_size))
+    except (ImportError, AttributeError, TypeError, ValueError, OSError):
+        return None
+
+
+def data_classes(datamodule: Any) -> list[str] | None:
+    """The data module's class names in label order, or ``None`` when it has none."""
+    try:
+        names = getattr(datamodule, "classes", None)
+    except (OSError, RuntimeError):
+        return None
+    return list(names) if names is not None else None
+
+
+def data_mean_std(datamodule: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The data module's normalization ``(mean, std)``; ImageNet's when it has none."""
+    from zflight.data import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = getattr(datamodule, "mean", None)
+    std = getattr(datamodule, "std", None)
+    if mean is None or std is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(mean), tuple(std)
+
+
+def display_images(images: torch.Tensor, datamodule: Any, dataset: Any = None) -> torch.Tensor:
+    """Undo the normalization of ``images`` for display, in [0, 1].
+
+    ``dataset.denormalize`` when the data set has it, else the data module's mean and std.
+    """
+    if dataset is not None and hasattr(dataset, "denormalize"):
+        return dataset.denormalize(images)
+    mean, std = data_mean_std(datamodule)
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (images * s + m).clamp(0, 1)
+
+
+def load_image_files(
+    files: Sequence[str | os.PathLike], datamodule: Any, image_size: int, flag: str = "--images"
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Read image files as the model's input: ``(images, display images, names)``.
+
+    Each file is converted to RGB and passed through the data module's ``eval_transform()``
+    when it has one, else resized to ``image_size`` x ``image_size`` and normalized with
+    :func:`data_mean_std`. ``names`` are ``"<k>_<file stem>"``, safe as file names.
+
+    Args:
+        files: the image files.
+        datamodule: the checkpoint's data module (:func:`rebuild_data`), or ``None``.
+        image_size: the model's image size.
+        flag: the option named in error messages.
+
+    Returns:
+        ``[N, 3, H, W]`` in the model's input space, the same in [0, 1] for display, the names.
+
+    Raises:
+        AnalysisError: a file is missing or cannot be read as an image (the message names it).
+
+    Example:
+        >>> x, shown, names = load_image_files(["cat.png"], None, 64)  # doctest: +SKIP
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision import transforms as T
+
+    mean, std = data_mean_std(datamodule)
+    if datamodule is not None and hasattr(datamodule, "eval_transform"):
+        transform = datamodule.eval_transform()
+    else:
+        transform = T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
+    tensors, names = [], []
+    for k, f in enumerate(files):
+        path = Path(f)
+        if not path.is_file():
+            raise AnalysisError(f"{flag}: no such file: {path}")
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            raise AnalysisError(f"{flag}: cannot read image file {path}: {type(err).__name__}: {err}") from None
+        tensors.append(transform(rgb))
+        names.append(f"{k}_{safe_name(path.stem)}")
+    images = torch.stack(tensors)
+    return images, display_images(images, datamodule), names
+
+
+def class_indices(
+    values: Sequence[str], n: int, class_names: Sequence[str] | None, flag: str = "--targets"
+) -> list[int]:
+    """Turn one class per image file, a name or a number, into class indices.
+
+    Numbers are not checked against the number of classes here (the analysis does that).
+
+    Raises:
+        AnalysisError: not one value per file, or a value that is neither a known class name
+            nor a number (the message names ``flag`` and lists the classes).
+
+    Example:
+        >>> class_indices(["ring", "3"], 2, ["disk", "ring"])
+        [1, 3]
+    """
+    if len(values) != n:
+        raise AnalysisError(f"{flag}: one per --images file ({n}), got {len(values)}")
+    out = []
+    for t in values:
+        if class_names is not None and t in class_names:
+            out.append(list(class_names).index(t))
+        elif t.lstrip("-").isdigit():
+            out.append(int(t))
+        else:
+            known = f" (classes: {', '.join(class_names)})" if class_names else ""
+            raise AnalysisError(f"{flag}: unknown class {t!r}{known}")
+    return out
+
+
+def safe_name(stem: str) -> str:
+    """``stem`` with anything but letters, digits, ``-`` and ``_`` replaced, at most 40 characters."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:40] or "image"

@@ -1,0 +1,179 @@
+"""``python -m zflight visualize``: the paper's Fig. 2 panels for a trained checkpoint, as PNGs.
+
+Usage::
+
+    python -m zflight visualize --config configs/quickstart.yaml \\
+        --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt --out figures/quickstart \\
+        [--layers conv1 conv2 conv3 conv4 conv5] [--k 9] [--maps 8] [--split val] \\
+        [--max_images N] [--seed 0] [--overwrite]
+
+The data module comes from the config's ``data`` section (the one ``fit`` used), the network
+from the checkpoint: ``ImageClassifier`` rebuilt from ``checkpoint["hyper_parameters"]`` and
+its weights loaded (``torch.load(..., weights_only=True)``: nothing in the file is executed).
+No training happens.
+
+Written into ``--out``: ``top<k>_<layer>.png`` per layer (for ``maps`` random feature maps,
+chosen with ``seed`` exactly as :class:`~zflight.callbacks.TopActivationPanels` chooses them,
+the ``k`` strongest activations over the split, projected beside their patches),
+``filters_conv1.png`` when the network has a colour first layer named ``conv1``, and
+``top_activations.json`` (which maps, images, positions and values are shown). Everything is
+written into a temporary folder next to ``--out`` and renamed to ``--out`` once complete, so a
+failed run never leaves a folder that looks like a result. Bad input ends with one ``error:``
+line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zflight.cli._common import ArgumentParser, subcommand_parser, AnalysisError, check_out, output_dir, read_ckpt, run_cli, write_json
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the ``visualize`` subcommand.
+
+    Args:
+        argv: the arguments after ``visualize`` (``sys.argv[2:]`` when ``None``).
+
+    Returns:
+        The output folder.
+
+    Raises:
+        SystemExit: status 2 with one ``error:`` line on bad input.
+
+    Example:
+        >>> main(["--config", "configs/quickstart.yaml", "--ckpt_path", "last.ckpt",
+        ...       "--out", "panels"])  # doctest: +SKIP
+        PosixPath('panels')
+    """
+    return run_cli(_parser(), argv, _run)
+
+
+def _parser() -> ArgumentParser:
+    p = subcommand_parser(
+        "visualize",
+        "Write the paper's Fig. 2 panels (top activations projected beside their image "
+        "patches) for layers of a trained checkpoint, without training.",
+    )
+    p.add_argument("--config", required=True, help="the config used to train (its data section is used)")
+    p.add_argument("--ckpt_path", required=True, help="a checkpoint written by `python -m zflight fit`")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--layers", nargs="+", default=["conv1", "conv2", "conv3", "conv4", "conv5"],
+                   help="layer names (default: conv1 … conv5, the paper's layers 1-5)")
+    p.add_argument("--k", type=int, default=9, help="activations per feature map (default 9)")
+    p.add_argument("--maps", type=int, default=8, help="random feature maps per layer (default 8)")
+    p.add_argument("--split", choices=["val", "train"], default="val", help="data split mined (default val)")
+    p.add_argument("--max_images", type=int, default=None, help="mine a fixed random subset of this many images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choices (default 0)")
+    p.add_argument("--batch_size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--tile", type=int, default=48, help="side of each tile in pixels (default 48)")
+    p.add_argument("--maps_per_row", type=int, default=4, help="feature-map cells per panel row (default 4)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return p
+
+
+def _run(args: argparse.Namespace) -> Path:
+    from zflight.analysis import top_activation_crops, top_activations
+    from zflight.attribution import resolve_layer
+    from zflight.callbacks._common import _choose_maps, _layer_channels, _SeededItems, _subset
+    from zflight.figures import filter_grid, save_png, top_activation_panel
+
+    for name in ("k", "maps", "batch_size", "tile", "maps_per_row"):
+        if getattr(args, name) < 1:
+            raise AnalysisError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_images is not None and args.max_images < 1:
+        raise AnalysisError(f"--max_images must be >= 1, got {args.max_images}")
+    out = check_out(args.out, args.overwrite)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    model = _load_model(Path(args.ckpt_path)).to(device).eval()
+    dataset = _load_dataset(Path(args.config), args.split)
+    # Same subset and same torch seeds per item as the TopActivationPanels callback (this
+    # process does nothing else with the RNG, so it needs no restoring).
+    dataset = _SeededItems(_subset(dataset, args.max_images, args.seed), args.seed)
+    for name in args.layers:
+        try:
+            resolve_layer(model, name)
+        except ValueError as err:
+            raise AnalysisError(f"--layers: {err}") from None
+
+    with output_dir(out, overwrite=args.overwrite) as tmp:
+        report: dict[str, Any] = {
+            "ckpt_path": str(args.ckpt_path), "config": str(args.config), "split": args.split,
+            "images": len(dataset), "k": args.k, "seed": args.seed, "layers": {},
+        }
+        channels = {
+            name: _choose_maps(args.maps, name, _layer_channels(model, name, dataset), args.seed)
+            for name in args.layers
+        }
+        # One pass over the data for all layers.
+        tops = top_activations(model, args.layers, dataset, k=args.k, channels=channels,
+                               batch_size=args.batch_size, progress=True)
+        for name in args.layers:
+            top = tops[name]
+            projections, patches = top_activation_crops(model, top, dataset, tile=args.tile,
+                                                        batch_size=args.batch_size)
+            panel = top_activation_panel(
+                projections, patches, maps_per_row=args.maps_per_row,
+                captions=[f"{name} unit {c}" for c in top.channels.tolist()],
+                title=f"top-{args.k} of {name}",
+            )
+            save_png(panel, tmp / f"top{args.k}_{name}.png")
+            report["layers"][name] = {
+                "module": top.layer,
+                "channels": top.channels.tolist(),
+                "indices": top.indices.tolist(),
+                "positions": top.positions.tolist(),
+                "values": top.values.tolist(),
+            }
+        first = dict(model.named_modules()).get("features.conv1")
+        if isinstance(first, torch.nn.Conv2d) and first.weight.shape[1] in (1, 3):
+            save_png(filter_grid(first.weight.detach()), tmp / "filters_conv1.png")
+        write_json(report, tmp / "top_activations.json")
+    print(f"zflight visualize: wrote {len(args.layers)} panels to {out}", flush=True)
+    return out
+
+
+def _load_model(path: Path) -> torch.nn.Module:
+    return read_ckpt(path)[0].model
+
+
+def _load_dataset(config: Path, split: str) -> Any:
+    import yaml
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    if not config.is_file():
+        raise AnalysisError(f"--config {config} does not exist")
+    with open(config) as f:
+        cfg = yaml.safe_load(f) or {}
+    data = cfg.get("data") or {}
+    if "class_path" not in data:
+        # As in `fit`: the embedded data module is the default; init args may stand alone.
+        data = {"class_path": "zflight.data.ShapesDataModule", "init_args": data.get("init_args", data)}
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    try:
+        namespace = parser.parse_object({"data": data})
+        # jsonargparse >= 4.49 renamed instantiate_classes to instantiate.
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+        datamodule = instantiate(namespace).data
+    except Exception as err:
+        raise AnalysisError(f"--config {config}: the data section cannot be built: {err}") from None
+    datamodule.setup("fit" if split == "train" else "validate")
+    dataset = getattr(datamodule, f"{split}_dataset", None)
+    if dataset is None:
+        loader = datamodule.train_dataloader() if split == "train" else datamodule.val_dataloader()
+        dataset = getattr(loader, "dataset", None)
+    if dataset is None:
+        raise AnalysisError(f"--config {config}: the data module has no {split} data set")
+    return dataset

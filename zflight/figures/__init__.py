@@ -1,0 +1,33 @@
+"""All of zflight's drawing: result objects and tensors to pictures; nothing here runs a model.
+
+- :mod:`zflight.figures.grids`: the projection display rule (:func:`normalize_projection`), the
+  paper's Fig. 2 panels, Fig. 4 evolution grids, filter grids, and the PNG / figure writers;
+- :mod:`zflight.figures.occlusion`: the paper's Fig. 7 from an
+  :class:`~zflight.OcclusionMaps`.
+
+Tensor pictures are float ``[3, H, W]`` in [0, 1], what ``SummaryWriter.add_image`` takes.
+"""
+
+from zflight.figures.grids import (
+    evolution_grid,
+    figure_to_tensor,
+    filter_grid,
+    normalize_projection,
+    save_figure,
+    save_png,
+    to_uint8,
+    top_activation_panel,
+)
+from zflight.figures.occlusion import occlusion_figure
+
+__all__ = [
+    "normalize_projection",
+    "top_activation_panel",
+    "evolution_grid",
+    "filter_grid",
+    "occlusion_figure",
+    "to_uint8",
+    "save_png",
+    "save_figure",
+    "figure_to_tensor",
+]
