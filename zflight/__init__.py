@@ -13,6 +13,13 @@ Example:
 
 from zflight.analysis import (
     ArchitectureReport,
+    class_sensitivity,
+    deletion_auc,
+    insertion_auc,
+    model_randomization,
+    pointing_game,
+    relevance_mass,
+    relevance_rank,
     Correspondence,
     InvarianceCurves,
     ReceptiveField,
@@ -23,7 +30,7 @@ from zflight.analysis import (
     receptive_field,
     top_activations,
 )
-from zflight.attribution import DeconvNet, OcclusionMaps, occlusion_maps
+from zflight.attribution import DeconvNet, GuidedBackprop, OcclusionMaps, occlusion_maps
 from zflight.checkpoint import load_classifier
 from zflight.callbacks import (
     FeatureEvolution,
@@ -33,6 +40,7 @@ from zflight.callbacks import (
     TopActivationPanels,
 )
 from zflight.data import (
+    ConceptFolder,
     ImageFolderDataModule,
     PackedImageNetDataModule,
     ShapesDataModule,
@@ -46,6 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     # data
     "ShapesDataset",
+    "ConceptFolder",
     "ShapesDataModule",
     "ImageFolderDataModule",
     "PackedImageNetDataModule",
@@ -66,6 +75,7 @@ __all__ = [
     "InvarianceFigures",
     # attribution
     "DeconvNet",
+    "GuidedBackprop",
     "occlusion_maps",
     "OcclusionMaps",
     # analysis
@@ -79,4 +89,12 @@ __all__ = [
     "ArchitectureReport",
     "correspondence",
     "Correspondence",
+    # explanation scores
+    "pointing_game",
+    "relevance_mass",
+    "relevance_rank",
+    "deletion_auc",
+    "insertion_auc",
+    "model_randomization",
+    "class_sensitivity",
 ]

@@ -6,7 +6,11 @@ Plain PyTorch (and :mod:`zflight.attribution`), no Lightning, no argparse, no dr
   projected to pixels) and :func:`receptive_field` (which input pixels a unit sees);
 - Fig. 5: :func:`invariance_curves`; Fig. 6: :func:`architecture_report`; Table 1:
   :func:`correspondence`; Fig. 7: :func:`occlusion_analysis` (occlusion maps plus the tracked
-  feature map's projection).
+  feature map's projection);
+- explanation scores: :func:`pointing_game`, :func:`relevance_mass`, :func:`relevance_rank`,
+  :func:`deletion_auc`, :func:`insertion_auc` (is a map on the object? does removing what it
+  points at change the output?) and the sanity checks :func:`model_randomization`,
+  :func:`class_sensitivity` (Adebayo et al., 2018).
 
 Their pictures are drawn by :mod:`zflight.figures`.
 """
@@ -25,8 +29,23 @@ from zflight.analysis.correspondence import (
     correspondence_delta,
     keypoint_masks,
 )
+from zflight.analysis.evaluation import (
+    PerturbationCurves,
+    deletion_auc,
+    insertion_auc,
+    perturbation_curves,
+    pointing_game,
+    relevance_mass,
+    relevance_rank,
+)
 from zflight.analysis.invariance import InvarianceCurves, invariance_curves
 from zflight.analysis.occlusion import occlusion_analysis
+from zflight.analysis.sanity import (
+    ClassSensitivity,
+    RandomizationResult,
+    class_sensitivity,
+    model_randomization,
+)
 from zflight.analysis.receptive_field import ReceptiveField, receptive_field
 from zflight.analysis.topk import TopActivations, top_activation_crops, top_activations
 
@@ -49,4 +68,15 @@ __all__ = [
     "correspondence_delta",
     "keypoint_masks",
     "occlusion_analysis",
+    "pointing_game",
+    "relevance_mass",
+    "relevance_rank",
+    "deletion_auc",
+    "insertion_auc",
+    "perturbation_curves",
+    "PerturbationCurves",
+    "model_randomization",
+    "RandomizationResult",
+    "class_sensitivity",
+    "ClassSensitivity",
 ]

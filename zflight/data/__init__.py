@@ -1,5 +1,7 @@
-"""Data: the embedded offline shapes data set and LightningDataModules (shapes, image folders)."""
+"""Data: the embedded offline shapes data set (with exact object and concept masks), users' pixel
+labels (:class:`ConceptFolder`) and LightningDataModules (shapes, image folders, packed ImageNet)."""
 
+from zflight.data.concepts import ConceptFolder
 from zflight.data.datamodules import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -15,6 +17,7 @@ from zflight.data.shapes import CLASSES as SHAPES_CLASSES
 from zflight.data.shapes import ShapesDataset
 
 __all__ = [
+    "ConceptFolder",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SHAPES_CLASSES",
