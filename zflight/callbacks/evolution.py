@@ -33,7 +33,7 @@ from zflight.callbacks._common import (
     _target_model,
 )
 from zflight.callbacks.panels import PAPER_LAYERS
-from zflight.figures import evolution_grid, normalize_projection, save_png, to_uint8
+from zflight.figures import evolution_grid, normalize_projection, save_png
 
 __all__ = ["FeatureEvolution", "PAPER_EPOCHS"]
 
@@ -103,7 +103,9 @@ class FeatureEvolution(_EpochEndCallback):
         self.probe_size, self.batch_size, self.tile, self.seed = probe_size, batch_size, tile, seed
         self.final = bool(final)
         self._channels: dict[str, list[int]] = {}
-        # One entry per column, in order: (epoch, {layer: uint8 [maps, 3, tile, tile]}).
+        # One entry per column, in order: (epoch, {layer: [maps, 3, tile, tile]}), the raw
+        # projections in float16 (the display rule is applied when drawing, so every picture
+        # of them follows the one rule); uint8 display tiles in checkpoints from before.
         self._columns: list[tuple[int, dict[str, torch.Tensor]]] = []
 
     @property
@@ -149,7 +151,7 @@ class FeatureEvolution(_EpochEndCallback):
                 projections, _ = top_activation_crops(
                     model, tops[name], probe, tile=self.tile, batch_size=self.batch_size
                 )
-                column[name] = to_uint8(normalize_projection(projections[:, 0]))
+                column[name] = projections[:, 0].detach().cpu().to(torch.float16)
         self._columns.append((epoch, column))
 
     def _publish(self, trainer: Trainer, tensorboard: bool = True) -> None:
@@ -179,7 +181,7 @@ class FeatureEvolution(_EpochEndCallback):
         if not self._columns:
             raise ValueError("no column yet: the first scheduled epoch has not ended")
         return evolution_grid(
-            [col[layer] for _, col in self._columns],
+            [_displayed(col[layer]) for _, col in self._columns],
             labels=[f"epoch {e}" for e, _ in self._columns],
             row_labels=[f"unit {c}" for c in self._channels[layer]],
             title=f"{layer}: strongest activation per epoch",
@@ -211,3 +213,10 @@ class FeatureEvolution(_EpochEndCallback):
             (int(e), {name: cols[name][i] for name in self.layers})
             for i, e in enumerate(state_dict["column_epochs"])
         ]
+
+
+def _displayed(column: torch.Tensor) -> torch.Tensor:
+    """A stored column as display tiles in [0, 1]: raw projections get the display rule."""
+    if column.dtype == torch.uint8:  # display tiles from a checkpoint written before
+        return column.float() / 255.0
+    return normalize_projection(column.float())
