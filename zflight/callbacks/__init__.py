@@ -17,6 +17,7 @@ PNG copies go to ``<log_dir>/figures/``. In a config::
 """
 
 from zflight.callbacks.evolution import PAPER_EPOCHS, FeatureEvolution
+from zflight.callbacks.explanations import ExplanationScores
 from zflight.callbacks.invariance import InvarianceFigures
 from zflight.callbacks.occlusion import OcclusionFigures
 from zflight.callbacks.panels import PAPER_LAYERS, FilterGrid, TopActivationPanels
@@ -27,6 +28,7 @@ __all__ = [
     "FilterGrid",
     "OcclusionFigures",
     "InvarianceFigures",
+    "ExplanationScores",
     "PAPER_EPOCHS",
     "PAPER_LAYERS",
 ]
