@@ -92,20 +92,28 @@ def _parser() -> ArgumentParser:
     p.add_argument("--batch_size", type=int, default=50,
                    help="images explained together (their perturbed copies go through the model 256 at a time)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--show", type=int, default=4, help="images drawn in evaluation.png (default: 4)")
+    p.add_argument("--show", type=int, default=None,
+                   help="images drawn in evaluation.png (default: 4, at most --num_images)")
     p.add_argument("--sanity", action="store_true",
                    help="also run the cascading model-randomization check (sanity.png)")
-    p.add_argument("--sanity_images", type=int, default=16,
-                   help="images of the sanity check: the first N scored (default: 16)")
+    p.add_argument("--sanity_images", type=int, default=None,
+                   help="images of the sanity check: the first N scored (default: 16, at most --num_images)")
     return p
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    """Every number checked before the checkpoint is read, each error naming its option."""
-    for name, least in (("num_images", 1), ("steps", 1), ("batch_size", 1), ("show", 1), ("sanity_images", 1)):
+    """Every number checked before the checkpoint is read, each error naming its option.
+
+    ``--show`` and ``--sanity_images`` left out default to 4 and 16, or ``--num_images`` if fewer.
+    """
+    for name in ("num_images", "steps", "batch_size", "show", "sanity_images"):
         value = getattr(args, name)
-        if value < least:
-            raise AnalysisError(f"--{name} must be >= {least}, got {value}")
+        if value is not None and value < 1:
+            raise AnalysisError(f"--{name} must be >= 1, got {value}")
+    if args.show is None:
+        args.show = min(4, args.num_images)
+    if args.sanity_images is None:
+        args.sanity_images = min(16, args.num_images)
     if args.show > args.num_images:
         raise AnalysisError(f"--show: {args.show} images to draw but only --num_images {args.num_images} scored")
     if args.sanity and args.sanity_images > args.num_images:
