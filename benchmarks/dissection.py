@@ -1,0 +1,158 @@
+"""Cost of network dissection against the bare forward passes it needs, and its memory.
+
+Target (issue 14): dissecting conv1-conv5 of the quickstart model (quarter-width ZFNet at
+64 px) on 2,000 images costs at most 3x the bare forward passes over the same images, measured
+side by side in one process, with memory that does not grow with the number of images.
+
+Every timing is the best of ``--repeats`` runs, each on the same, already rendered images:
+
+- ``forward``: one full forward pass per batch over the images (what any analysis pays);
+- ``dissect, masks precomputed``: :func:`zflight.analysis.dissection.dissect` on a data set
+  whose ``concept_masks`` returns masks computed before the clock starts;
+- ``dissect, total``: the same on the ShapesDataset itself, so that the concept masks are
+  generated inside the timed region (their cost is the data set's, not dissection's).
+
+Memory: the peak RSS of a fresh process that dissects N images, at two N (tracemalloc does not
+see torch's CPU allocations), with the data set's own image cache shown apart.
+
+Run:
+    python benchmarks/dissection.py                   # N = 2000, random init
+    python benchmarks/dissection.py --num_images 500 --ckpt_path quickstart.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+
+
+class _Precomputed(Dataset):
+    """A ShapesDataset's images and concept masks, held in memory."""
+
+    def __init__(self, base: Any) -> None:
+        self.concepts = base.concepts
+        self.items = [base[i] for i in range(len(base))]
+        self.masks = [base.concept_masks(i) for i in range(len(base))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.items[i]
+
+    def concept_masks(self, i: int) -> dict[str, torch.Tensor]:
+        return self.masks[i]
+
+
+def _model(ckpt_path: str | None) -> torch.nn.Module:
+    import zflight
+
+    if ckpt_path:
+        from zflight.checkpoint import load_classifier
+
+        return load_classifier(ckpt_path).eval()
+    torch.manual_seed(0)
+    return zflight.zfnet(num_classes=10, width=0.25, image_size=64, init="kaiming").eval()
+
+
+def _forward(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> None:
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            model(images[start : start + batch_size])
+
+
+def _best(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def timings(n: int, ckpt_path: str | None, batch_size: int, repeats: int) -> dict[str, float]:
+    from zflight.analysis.dissection import dissect
+    from zflight.data import ShapesDataset
+
+    model = _model(ckpt_path)
+    shapes = ShapesDataset(n, image_size=64, seed=0).render_all(progress=False)
+    pre = _Precomputed(shapes)
+    images = torch.stack([x for x, _ in pre.items])
+    t_fwd = _best(lambda: _forward(model, images, batch_size), repeats)
+    t_pre = _best(lambda: dissect(model, pre, LAYERS, batch_size=batch_size, progress=False), repeats)
+    t_tot = _best(lambda: dissect(model, shapes, LAYERS, batch_size=batch_size, progress=False), repeats)
+    t_masks = _best(lambda: [shapes.concept_masks(i) for i in range(n)], 1)
+    result = dissect(model, pre, LAYERS, batch_size=batch_size, progress=False)
+    summary = {k: (v["detectors"], v["unique_concepts"]) for k, v in result.summary().items()}
+    return {"forward": t_fwd, "precomputed": t_pre, "total": t_tot, "masks": t_masks, "summary": summary}
+
+
+def peak_rss_mb(n: int, ckpt_path: str | None, batch_size: int) -> float:
+    """Peak RSS (MiB) of a fresh process that dissects ``n`` images of a ShapesDataset.
+
+    The data set renders its images as the DataLoader asks for them and keeps them in its
+    uint8 cache (``n * 3 * 64 * 64`` bytes): that cache is the data set's, and is reported
+    apart from what dissection itself holds.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import resource, sys, torch\n"
+        f"sys.path.insert(0, {root!r})\n"
+        "from benchmarks.dissection import _model, LAYERS\n"
+        "from zflight.analysis.dissection import dissect\n"
+        "from zflight.data import ShapesDataset\n"
+        f"torch.set_num_threads({torch.get_num_threads()})\n"
+        f"model = _model({ckpt_path!r})\n"
+        f"dissect(model, ShapesDataset({n}, image_size=64, seed=0), LAYERS, batch_size={batch_size}, progress=False)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024.0  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num_images", type=int, default=2000)
+    parser.add_argument("--small", type=int, default=500, help="the smaller N of the memory check")
+    parser.add_argument("--ckpt_path", default=None)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None, help="also write the numbers here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    t = timings(args.num_images, args.ckpt_path, args.batch_size, args.repeats)
+    print(f"dissect {', '.join(LAYERS)} of quarter-width ZFNet at 64 px, N={args.num_images}, "
+          f"batch {args.batch_size}, {args.threads} thread(s), best of {args.repeats}")
+    print(f"{'what':<38}{'seconds':>9}{'x forward':>11}")
+    for name, key in [("forward passes (bare)", "forward"),
+                      ("dissect, concept masks precomputed", "precomputed"),
+                      ("dissect, total (masks generated)", "total"),
+                      ("  of which: generating the masks", "masks")]:
+        print(f"{name:<38}{t[key]:>9.2f}{t[key] / t['forward']:>10.2f}x")
+    print("detectors / unique concepts per layer:", t["summary"])
+
+    mem = {n: peak_rss_mb(n, args.ckpt_path, args.batch_size) for n in (args.small, args.num_images)}
+    cache = {n: n * 3 * 64 * 64 / 2**20 for n in mem}
+    print(f"{'N':>6}{'peak RSS MiB':>14}{'image cache MiB':>17}{'RSS - cache MiB':>17}")
+    for n, mb in mem.items():
+        print(f"{n:>6}{mb:>14.1f}{cache[n]:>17.1f}{mb - cache[n]:>17.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"timings": {k: v for k, v in t.items() if k != "summary"},
+                       "summary": t["summary"], "peak_rss_mb": mem}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

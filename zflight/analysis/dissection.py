@@ -1,0 +1,911 @@
+"""Network Dissection (Bau et al., CVPR 2017): name what each unit of a layer detects.
+
+:func:`dissect` scores every unit of the requested layers against pixel-labelled concepts and
+labels each unit with the concept its thresholded activation overlaps best. The rule is Bau et
+al.'s, exactly:
+
+- the threshold ``T_k`` of unit ``k`` is the ``1 - quantile`` quantile of all its activations
+  over every position of every image, at the layer's own resolution, as
+  ``torch.quantile(values, 1 - quantile)`` (linear interpolation) computes it;
+- its mask on an image is ``M_k = F.interpolate(a_k, size=image size, mode="bilinear",
+  align_corners=False) > T_k``;
+- ``IoU(k, c) = sum_images |M_k & L_c| / sum_images |M_k | L_c|`` over the whole data set;
+- the unit's label is the concept of largest IoU (the first one on ties), and the unit is a
+  *detector* where that IoU exceeds ``iou_threshold``.
+
+It takes two passes over the data (thresholds, then IoU), one forward pass per batch each, and
+its memory does not depend on the number of images except through the top values a quantile
+needs (``quantile * N * h * w`` values per unit, 0.5 % of one layer's activations by default).
+
+Example:
+    >>> import zflight
+    >>> from zflight.data import ShapesDataset
+    >>> model = zflight.zfnet(num_classes=10, width=0.125, image_size=64)
+    >>> result = dissect(model, ShapesDataset(20), ["conv1", "conv5"], progress=False)  # doctest: +SKIP
+    >>> result.summary()["conv5"]["detectors"]  # doctest: +SKIP
+    3
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from zflight.attribution._layers import (
+    LayerNotReachedError,
+    _StopForward,
+    preserve_modes,
+    resolve_layer,
+)
+
+__all__ = ["CONCEPT_FAMILIES", "Dissection", "LayerDissection", "dissect"]
+
+#: The concept families :meth:`Dissection.summary` always reports (a concept's family is the
+#: text before its first ``/``); other families found in the concept names are added after them.
+CONCEPT_FAMILIES: tuple[str, ...] = ("object", "color", "part", "distractor", "background")
+
+# Selected maps are upsampled as the channels of one channels-last tensor padded to a multiple
+# of this many channels. PyTorch's CPU kernel vectorizes over channels and handles a remainder
+# that does not fill a vector with scalar code whose rounding differs by an ulp; padding keeps
+# every real map in the vectorized path, so a map's upsampled values do not depend on how many
+# other maps were active in its batch (and equal those of a whole layer upsampled at once when
+# the layer's unit count is a multiple of the vector width).
+_CHANNEL_PAD = 64
+# Float elements of upsampled maps held at once (128 MiB in float32).
+_MAX_UPSAMPLED = 1 << 25
+
+
+@dataclass(frozen=True)
+class LayerDissection:
+    """One layer's dissection.
+
+    Attributes:
+        name: the layer's dotted name in the model.
+        feature_size: ``(height, width)`` of the layer's maps.
+        iou: ``[units, concepts]`` float64, the data set IoU of each unit with each concept.
+        thresholds: ``[units]``, each unit's activation threshold ``T_k`` (the activations'
+            dtype; NaN where the unit's activations hold a NaN, as ``torch.quantile`` gives).
+        labels: each unit's best concept.
+        best_iou: ``[units]`` float64, the IoU of that concept.
+        detectors: ``[units]`` bool, ``best_iou > iou_threshold``.
+    """
+
+    name: str
+    feature_size: tuple[int, int]
+    iou: torch.Tensor
+    thresholds: torch.Tensor
+    labels: list[str]
+    best_iou: torch.Tensor
+    detectors: torch.Tensor
+
+    @property
+    def num_units(self) -> int:
+        """Number of units (channels) of the layer."""
+        return int(self.iou.shape[0])
+
+
+@dataclass(frozen=True)
+class Dissection:
+    """The result of :func:`dissect`: per layer, every unit's IoU with every concept.
+
+    Attributes:
+        layers: per requested layer (keyed as it was given), its :class:`LayerDissection`.
+        concepts: the concept names, in the order of the IoU matrices' columns.
+        quantile: the top fraction of activations that defines each unit's threshold.
+        iou_threshold: the IoU above which a unit counts as a detector.
+        num_images: images dissected.
+        image_size: ``(height, width)`` of the images (and concept masks).
+    """
+
+    layers: dict[str, LayerDissection]
+    concepts: list[str]
+    quantile: float
+    iou_threshold: float
+    num_images: int
+    image_size: tuple[int, int]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Detectors and unique concepts per layer, overall and per concept family.
+
+        Returns:
+            ``{layer: {"units", "detectors", "unique_concepts", "concepts", "families"}}`` where
+            ``concepts`` lists the detected concepts (sorted) and ``families`` maps each family
+            (:data:`CONCEPT_FAMILIES` first, then any other family found) to
+            ``{"detectors", "unique_concepts"}``.
+
+        Example:
+            >>> result.summary()["conv5"]["families"]["object"]  # doctest: +SKIP
+            {'detectors': 4, 'unique_concepts': 3}
+        """
+        families = list(CONCEPT_FAMILIES)
+        families += sorted({_family(c) for c in self.concepts} - set(families))
+        out: dict[str, dict[str, Any]] = {}
+        for key, layer in self.layers.items():
+            found = [lab for lab, det in zip(layer.labels, layer.detectors.tolist()) if det]
+            per_family = {
+                fam: {
+                    "detectors": sum(1 for lab in found if _family(lab) == fam),
+                    "unique_concepts": len({lab for lab in found if _family(lab) == fam}),
+                }
+                for fam in families
+            }
+            out[key] = {
+                "units": layer.num_units,
+                "detectors": len(found),
+                "unique_concepts": len(set(found)),
+                "concepts": sorted(set(found)),
+                "families": per_family,
+            }
+        return out
+
+    def top_units(self, layer: str, n: int = 10) -> list[dict[str, Any]]:
+        """The ``n`` units of ``layer`` with the largest best IoU.
+
+        Args:
+            layer: a key of :attr:`layers` (as given to :func:`dissect`) or a layer's dotted name.
+            n: how many units (fewer if the layer has fewer).
+
+        Returns:
+            ``[{"unit", "label", "iou", "detector", "threshold"}]`` by descending IoU (lower unit
+            index first on ties).
+
+        Raises:
+            ValueError: ``layer`` was not dissected, or ``n`` is not a positive int.
+
+        Example:
+            >>> result.top_units("conv5", 3)[0]["label"]  # doctest: +SKIP
+            'object/circle'
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        ld = self._layer(layer)
+        order = sorted(range(ld.num_units), key=lambda k: (-float(ld.best_iou[k]), k))[:n]
+        return [
+            {
+                "unit": k,
+                "label": ld.labels[k],
+                "iou": float(ld.best_iou[k]),
+                "detector": bool(ld.detectors[k]),
+                "threshold": _json_float(float(ld.thresholds[k])),
+            }
+            for k in order
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict (lists, str, float, int, bool, None) holding everything.
+
+        NaN thresholds become ``None``. :meth:`from_json` restores the result exactly.
+
+        Example:
+            >>> json.dumps(result.to_json())  # doctest: +SKIP
+        """
+        return {
+            "concepts": list(self.concepts),
+            "quantile": self.quantile,
+            "iou_threshold": self.iou_threshold,
+            "num_images": self.num_images,
+            "image_size": list(self.image_size),
+            "settings": dict(self.settings),
+            "layers": {
+                key: {
+                    "name": ld.name,
+                    "feature_size": list(ld.feature_size),
+                    "threshold_dtype": str(ld.thresholds.dtype).removeprefix("torch."),
+                    "thresholds": [_json_float(v) for v in ld.thresholds.double().tolist()],
+                    "labels": list(ld.labels),
+                    "best_iou": ld.best_iou.tolist(),
+                    "detectors": ld.detectors.tolist(),
+                    "iou": ld.iou.tolist(),
+                }
+                for key, ld in self.layers.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Dissection:
+        """Rebuild a :class:`Dissection` from :meth:`to_json`'s dict.
+
+        Args:
+            data: the dict (e.g. read back with ``json.load``).
+
+        Returns:
+            The dissection.
+
+        Raises:
+            ValueError: ``data`` lacks a key :meth:`to_json` writes.
+
+        Example:
+            >>> Dissection.from_json(result.to_json()).concepts == result.concepts  # doctest: +SKIP
+            True
+        """
+        try:
+            layers = {
+                key: LayerDissection(
+                    name=d["name"],
+                    feature_size=(int(d["feature_size"][0]), int(d["feature_size"][1])),
+                    iou=torch.tensor(d["iou"], dtype=torch.float64).reshape(
+                        len(d["labels"]), len(data["concepts"])
+                    ),
+                    thresholds=torch.tensor(
+                        [math.nan if v is None else v for v in d["thresholds"]],
+                        dtype=getattr(torch, d["threshold_dtype"]),
+                    ),
+                    labels=list(d["labels"]),
+                    best_iou=torch.tensor(d["best_iou"], dtype=torch.float64),
+                    detectors=torch.tensor(d["detectors"], dtype=torch.bool),
+                )
+                for key, d in data["layers"].items()
+            }
+            return cls(
+                layers=layers,
+                concepts=list(data["concepts"]),
+                quantile=float(data["quantile"]),
+                iou_threshold=float(data["iou_threshold"]),
+                num_images=int(data["num_images"]),
+                image_size=(int(data["image_size"][0]), int(data["image_size"][1])),
+                settings=dict(data.get("settings", {})),
+            )
+        except KeyError as err:
+            raise ValueError(f"data is not a Dissection.to_json() dict: missing key {err}") from None
+
+    def _layer(self, layer: str) -> LayerDissection:
+        if layer in self.layers:
+            return self.layers[layer]
+        for ld in self.layers.values():
+            if ld.name == layer:
+                return ld
+        raise ValueError(f"layer={layer!r} was not dissected; dissected: {list(self.layers)}")
+
+
+def dissect(
+    model: nn.Module,
+    dataset: Dataset,
+    layers: str | nn.Module | Sequence[str | nn.Module],
+    *,
+    quantile: float = 0.005,
+    iou_threshold: float = 0.04,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> Dissection:
+    """Label every unit of ``layers`` with the concept it detects (Network Dissection).
+
+    Two passes over ``dataset``, one forward pass per batch each, stopped after the last
+    requested layer: the first finds every unit's threshold (exactly the ``torch.quantile`` of
+    all its activations, from a running top-``m`` per unit, ``m`` being the number of top
+    values that quantile reads), the second counts, per unit and concept, the pixels of
+    ``M_k & L_c`` and of ``M_k`` and ``L_c`` over the data set. Only the maps whose maximum can
+    exceed their unit's threshold are upsampled (a bilinear value is a convex combination of
+    four activations, so the other maps' masks are empty).
+
+    The model runs in ``eval()`` mode without gradients and is left as found: every
+    submodule's ``training`` flag is restored and no hook stays registered, also when the
+    forward pass raises. It is not moved: ``device`` must be where its parameters are.
+
+    Under ``torch.distributed`` (a process group initialized), each rank dissects images
+    ``rank, rank + world_size, ...``; the per-unit top values are merged with ``all_gather``
+    and the pixel counts with ``all_reduce(SUM)``, so every rank returns what one process would.
+    Every rank must call this function.
+
+    Args:
+        model: a CNN whose ``layers`` output ``[N, units, h, w]`` maps (``[N, units]`` counts
+            as 1x1 maps).
+        dataset: a map-style data set: ``dataset[i]`` is ``(image [3, H, W], label)`` (or an
+            image), ``dataset.concepts`` the concept names and ``dataset.concept_masks(i)`` a
+            dict from the names of the concepts present in image ``i`` to bool ``[H, W]``
+            masks (absent concepts: all False). All images share one size.
+        layers: a layer (module, dotted name or unique suffix such as ``"conv5"``) or a list.
+        quantile: top fraction of each unit's activations above its threshold, in (0, 1).
+        iou_threshold: a unit whose best IoU exceeds this is a detector, in [0, 1].
+        batch_size: images per forward pass.
+        device: where the model runs; ``None`` is its parameters' device.
+        progress: show a tqdm progress bar (rank 0 only) over both passes.
+
+    Returns:
+        A :class:`Dissection` (tensors on the CPU), keyed by layer as given.
+
+    Raises:
+        ValueError: an unknown layer (with close names), a repeated layer, a layer whose
+            output is not a map, ``quantile`` outside (0, 1), ``iou_threshold`` outside
+            [0, 1], a bad ``batch_size``, a data set without ``concepts``/``concept_masks``,
+            an empty data set, images of differing sizes, or a mask whose size differs from
+            its image or whose concept is unknown (naming the index and the concept).
+
+    Example:
+        >>> from zflight import zfnet
+        >>> from zflight.data import ShapesDataset
+        >>> model = zfnet(num_classes=10, width=0.125, image_size=64)
+        >>> result = dissect(model, ShapesDataset(40), ["conv1", "conv5"], progress=False)  # doctest: +SKIP
+        >>> result.layers["conv1"].iou.shape  # doctest: +SKIP
+        torch.Size([12, 71])
+    """
+    quantile = _check_fraction("quantile", quantile, open_interval=True)
+    iou_threshold = _check_fraction("iou_threshold", iou_threshold, open_interval=False)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    concepts = _check_concept_dataset(dataset)
+    n_images = len(dataset)  # type: ignore[arg-type]
+    if n_images == 0:
+        raise ValueError("dataset is empty: there are no images to dissect")
+    keys, modules = _resolve_layers(model, layers)
+
+    device = _model_device(model) if device is None else torch.device(device)
+    rank, world = _dist_rank_world()
+    if world > n_images:
+        raise ValueError(
+            f"dataset has {n_images} images, fewer than the {world} distributed ranks; every "
+            "rank needs at least one image"
+        )
+    shard = list(range(rank, n_images, world))
+    states = [_LayerState(key, name, len(concepts)) for key, (name, _m) in zip(keys, modules)]
+    order = [m for _n, m in modules]
+    image_size: tuple[int, int] | None = None
+
+    bar = _progress_bar(progress and rank == 0, 2 * len(shard))
+    try:
+        with preserve_modes(model, eval_mode=True), torch.no_grad():
+            # Pass 1: a running top-m of every unit's activations.
+            for images, _idx in DataLoader(
+                _Items(dataset, concepts, with_masks=False),
+                batch_size=batch_size,
+                sampler=shard,
+                collate_fn=_collate_images,
+            ):
+                image_size = _check_image_size(images, image_size)
+                outs = _capture(model, order, keys, images.to(device, non_blocking=True))
+                for state, out in zip(states, outs):
+                    state.update_top(out, n_images, quantile)
+                bar.update(images.shape[0])
+            for state in states:
+                state.finish_thresholds(quantile, world)
+            # Every unit's pixel counts, all layers in one matrix (one all_reduce under DDP):
+            # |M_k & L_c| for c < C, a column for the padding of present-concept lists, |M_k|.
+            units = [state.thresholds.numel() for state in states]
+            counts = torch.zeros(sum(units), len(concepts) + 2, dtype=torch.float64, device=device)
+            offsets = [sum(units[:i]) for i in range(len(units))]
+
+            # Pass 2: pixel counts of M_k & L_c, M_k and L_c.
+            concept_pixels = torch.zeros(len(concepts) + 1, dtype=torch.int64)  # + padding
+            for images, masks, columns in DataLoader(
+                _Items(dataset, concepts, with_masks=True),
+                batch_size=batch_size,
+                sampler=shard,
+                collate_fn=_Collate(len(concepts)),
+            ):
+                outs = _capture(model, order, keys, images.to(device, non_blocking=True))
+                present = _ConceptBatch.of(
+                    masks.to(device, non_blocking=True), columns.to(device), len(concepts)
+                )
+                concept_pixels.index_add_(0, columns.reshape(-1), present.pixels.cpu().reshape(-1))
+                _add_counts(counts, list(zip(states, offsets, outs)), present)
+                bar.update(images.shape[0])
+    finally:
+        bar.close()
+
+    assert image_size is not None  # the data set is not empty
+    if world > 1:
+        counts, concept_pixels = _sum_across_ranks(counts, concept_pixels)
+    counts = counts.cpu()
+    result = {}
+    for state, offset, n_units in zip(states, offsets, units):
+        result[state.key] = state.finish(
+            concepts, counts[offset : offset + n_units], concept_pixels[:-1], iou_threshold
+        )
+    return Dissection(
+        layers=result,
+        concepts=list(concepts),
+        quantile=quantile,
+        iou_threshold=iou_threshold,
+        num_images=n_images,
+        image_size=image_size,
+        settings={"quantile": quantile, "iou_threshold": iou_threshold, "batch_size": batch_size},
+    )
+
+
+# ----------------------------------------------------------------------------- per-layer state
+class _LayerState:
+    """One layer's running top values (pass 1) and pixel counts (pass 2)."""
+
+    def __init__(self, key: str, name: str, n_concepts: int) -> None:
+        self.key, self.name, self.n_concepts = key, name, n_concepts
+        self.feature_size: tuple[int, int] | None = None
+        self.n_total = 0
+        self.m = 0  # top values the quantile reads, per unit
+        self.top = torch.empty(0)  # [K, <= m] descending
+        self.has_nan = torch.empty(0, dtype=torch.bool)
+        self.thresholds = torch.empty(0)
+
+    # ---- pass 1
+    def update_top(self, out: torch.Tensor, n_images: int, quantile: float) -> None:
+        a = _as_maps(out, self.key)
+        units, h, w = a.shape[1:]
+        if self.feature_size is None:
+            self.feature_size = (h, w)
+            self.n_total = n_images * h * w  # values per unit over the whole data set
+            self.m = _quantile_ranks(self.n_total, quantile, a.dtype)[3]
+            self.top = a.new_empty((units, 0))
+            self.has_nan = torch.zeros(units, dtype=torch.bool, device=a.device)
+        # amax propagates NaN: torch.quantile returns NaN for a unit with any NaN, so do we.
+        amax = a.amax(dim=(0, 2, 3))
+        self.has_nan |= torch.isnan(amax)
+        if self.top.shape[1] < self.m:
+            values = a.transpose(0, 1).reshape(units, -1)  # [K, B*h*w]
+            values = torch.where(torch.isnan(values), float("-inf"), values)
+            merged = torch.cat([self.top, values], dim=1)
+            self.top = merged.topk(min(self.m, merged.shape[1]), dim=1).values
+            return
+        # Full: only values above a unit's current m-th largest can enter its top m (a value
+        # equal to it would replace an equal one, leaving the multiset of values unchanged).
+        # Once the data set's first m values per unit are in, few are: pick them out sparsely.
+        bound = self.top[:, -1]
+        if not bool((amax > bound).any()):
+            return
+        _b, k, i, j = (a > bound[None, :, None, None]).nonzero(as_tuple=True)  # NaN is not >
+        values = a[_b, k, i, j]
+        by_unit = torch.argsort(k, stable=True)
+        k, values = k[by_unit], values[by_unit]
+        per_unit = torch.bincount(k, minlength=units)
+        slot = torch.arange(k.numel(), device=k.device) - (torch.cumsum(per_unit, 0) - per_unit)[k]
+        new = a.new_full((units, int(per_unit.max())), float("-inf"))
+        new[k, slot] = values
+        # Merged by a stable sort: on a sorted run plus a few values it is 2-3x faster than
+        # topk with k close to the row length.
+        merged = torch.cat([self.top, new], dim=1)
+        self.top = merged.sort(dim=1, descending=True, stable=True).values[:, : self.m]
+
+    def finish_thresholds(self, quantile: float, world: int) -> None:
+        """Turn the top values into ``T_k``, as ``torch.quantile`` of all the values gives."""
+        top, has_nan = self.top, self.has_nan
+        if world > 1:
+            top, has_nan = _merge_top(top, has_nan, self.m)
+        below, above, weight, _m = _quantile_ranks(self.n_total, quantile, top.dtype)
+        # Descending position j holds ascending position n_total - 1 - j.
+        v_below = top[:, self.n_total - 1 - below]
+        v_above = top[:, self.n_total - 1 - above]
+        units = top.shape[0]
+        thresholds = torch.lerp(v_below, v_above, weight.to(top.device).expand(units))
+        self.thresholds = torch.where(has_nan, float("nan"), thresholds)
+        self.top = torch.empty(0)  # no longer needed
+
+    # ---- pass 2
+    def finish(
+        self, concepts: list[str], counts: torch.Tensor, concept_pixels: torch.Tensor, iou_threshold: float
+    ) -> LayerDissection:
+        """IoU from this layer's rows of the (rank-summed) counts, labels and detectors."""
+        inter, mask_pixels = counts[:, : self.n_concepts], counts[:, -1]
+        # Both counts are exact integers in float64 (below 2**53 pixels).
+        union = mask_pixels[:, None] + concept_pixels[None, :].double() - inter
+        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
+        # torch.max along a dim does not promise the first maximum on ties; argmax does.
+        best_idx = iou.argmax(dim=1)
+        best = iou.gather(1, best_idx[:, None])[:, 0]
+        assert self.feature_size is not None
+        return LayerDissection(
+            name=self.name,
+            feature_size=self.feature_size,
+            iou=iou,
+            thresholds=self.thresholds.cpu(),
+            labels=[concepts[int(i)] for i in best_idx],
+            best_iou=best,
+            detectors=best > iou_threshold,
+        )
+
+
+def _add_counts(
+    counts: torch.Tensor, layers: list[tuple[_LayerState, int, torch.Tensor]], present: _ConceptBatch
+) -> None:
+    """Add one batch's ``|M_k & L_c|`` and ``|M_k|`` to ``counts`` (rows: units of all layers).
+
+    Layers whose maps share a size (conv3-conv5 of ZFNet) are upsampled and multiplied
+    together, one image loop for all of them.
+    """
+    groups: dict[tuple[Any, ...], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    for state, offset, out in layers:
+        a = _as_maps(out, state.key)
+        amax = a.amax(dim=(2, 3))  # [B, K]
+        # up(a_k) at a pixel is a convex combination of four activations, so it exceeds T_k
+        # only where the map's maximum does, up to the combination's rounding (< 8 eps |max|).
+        # The other maps' masks are empty: they are never upsampled.
+        margin = 8 * torch.finfo(a.dtype).eps * amax.abs()
+        b, k = (amax > state.thresholds - margin).nonzero(as_tuple=True)
+        groups.setdefault((a.shape[2:], a.dtype), []).append((b, k + offset, a[b, k], state.thresholds[k]))
+    flat_counts, width = counts.view(-1), counts.shape[1]
+    pixels = present.masks.shape[-1]
+    chunk = max(_CHANNEL_PAD, (_MAX_UPSAMPLED // pixels) // _CHANNEL_PAD * _CHANNEL_PAD)
+    for parts in groups.values():
+        b_all = torch.cat([p[0] for p in parts])
+        if b_all.numel() == 0:
+            continue
+        by_image = torch.argsort(b_all, stable=True)
+        b_all = b_all[by_image]
+        rows_all = torch.cat([p[1] for p in parts])[by_image]
+        maps_all = torch.cat([p[2] for p in parts])[by_image]
+        thr_all = torch.cat([p[3] for p in parts])[by_image]
+        for start in range(0, b_all.numel(), chunk):
+            b, rows = b_all[start : start + chunk], rows_all[start : start + chunk]
+            masks = _upsample_threshold(
+                maps_all[start : start + chunk], thr_all[start : start + chunk], present.size, present.masks.dtype
+            )
+            # Per image, its selected maps' masks times its present concepts' masks (and a row
+            # of ones, which counts |M_k|): [maps of the image, H*W] @ [H*W, C_present + 1].
+            images, per_image = torch.unique_consecutive(b, return_counts=True)
+            overlaps, row = [], 0
+            for img, n in zip(images.tolist(), per_image.tolist()):
+                overlaps.append(masks[row : row + n] @ present.masks[img].T)
+                row += n
+            overlap = torch.cat(overlaps)  # [S, C_present + 1], rows in the order of b
+            where = rows[:, None] * width + present.columns[b]
+            flat_counts.index_add_(0, where.reshape(-1), overlap.reshape(-1).to(torch.float64))
+
+
+# ------------------------------------------------------------------------------- the quantile
+def _quantile_ranks(n: int, quantile: float, dtype: torch.dtype) -> tuple[int, int, torch.Tensor, int]:
+    """Where ``torch.quantile(values, 1 - quantile)`` of ``n`` values reads its sorted input.
+
+    Mirrors its arithmetic: ``q`` becomes a tensor of the values' dtype, the rank is
+    ``q * (n - 1)`` (in double or in that dtype, depending on the PyTorch version: see
+    :func:`_ranks_in_input_dtype`), and the result interpolates linearly between the ascending
+    positions ``floor(rank)`` and ``ceil(rank)`` with weight ``rank - floor(rank)``.
+
+    Returns:
+        ``(below, above, weight, m)``: the two ascending positions, the 0-d weight (in
+        ``dtype``), and ``m = n - below``, how many of the largest values hold both positions.
+    """
+    q = torch.tensor(1.0 - quantile, dtype=dtype)
+    if _ranks_in_input_dtype():
+        rank = q * (n - 1)
+        floor = rank.floor()
+        below, above, weight = int(floor), int(rank.ceil()), rank - floor
+    else:
+        rank_f = float(q) * (n - 1)
+        below, above = math.floor(rank_f), math.ceil(rank_f)
+        weight = torch.tensor(rank_f - below, dtype=dtype)
+    return below, above, weight, n - below
+
+
+@functools.cache
+def _ranks_in_input_dtype() -> bool:
+    """Whether this PyTorch's ``quantile`` computes ranks in the input's dtype (else double).
+
+    The two give different thresholds for large ``n`` (float32 ranks step by ~0.001 at 10^4),
+    and PyTorch's C++ has done it both ways, so this asks the installed version. Probed once on 12,800 values sorted as 12,672 zeros then ones, where
+    ``torch.quantile(v, 0.99)`` returns the rank's fraction itself: 0.0098 (float32 rank
+    12671.0098) or 0.0101 (double rank 12671.0101).
+    """
+    n, q = 12800, 0.99
+    values = torch.zeros(n)
+    values[12672:] = 1.0
+    got = float(torch.quantile(values, q))
+    in_dtype = float(torch.tensor(q) * (n - 1)) % 1.0
+    in_double = (float(torch.tensor(q)) * (n - 1)) % 1.0
+    return abs(got - in_dtype) < abs(got - in_double)
+
+
+def _merge_top(top: torch.Tensor, has_nan: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge every rank's top values per unit: the top ``m`` of their union."""
+    import torch.distributed as dist
+
+    comm = _comm_device()
+    # A rank with fewer than m values pads with -inf: those never displace a real value that
+    # matters (the union holds at least m real ones), and a real -inf is the same number.
+    padded = torch.full((top.shape[0], m), float("-inf"), dtype=top.dtype, device=comm)
+    padded[:, : top.shape[1]] = top.to(comm)
+    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, padded)
+    merged = torch.cat(parts, dim=1).topk(m, dim=1).values
+    nan = has_nan.to(comm, torch.int32)
+    dist.all_reduce(nan, op=dist.ReduceOp.MAX)
+    return merged.to(top.device), nan.to(has_nan.device).bool()
+
+
+def _sum_across_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    import torch.distributed as dist
+
+    comm = _comm_device()
+    out = []
+    for t in tensors:
+        c = t.to(comm).contiguous()
+        dist.all_reduce(c, op=dist.ReduceOp.SUM)
+        out.append(c.to(t.device))
+    return tuple(out)
+
+
+def _comm_device() -> torch.device:
+    import torch.distributed as dist
+
+    # NCCL only moves CUDA tensors; gloo and others take CPU ones.
+    if "nccl" in str(dist.get_backend()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------- the IoU pass
+def _upsample_threshold(
+    maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int], dtype: torch.dtype
+) -> torch.Tensor:
+    """``F.interpolate(map, size, bilinear, align_corners=False) > T`` for ``[S, h, w]`` maps.
+
+    Returns:
+        ``[S, H*W]`` in ``dtype``: 1 inside the mask, 0 outside.
+    """
+    s, (height, width) = maps.shape[0], size
+    pad = -s % _CHANNEL_PAD
+    if pad:
+        maps = torch.cat([maps, maps.new_zeros((pad, *maps.shape[1:]))])
+        thresholds = torch.cat([thresholds, thresholds.new_full((pad,), math.inf)])
+    groups = (s + pad) // _CHANNEL_PAD
+    # Channels-last, _CHANNEL_PAD maps a batch entry: the CPU kernel's fast path (10-20x one
+    # map per entry, 2x all maps in one entry), and the comparison's transposition back to
+    # map-major stays within cache-sized blocks.
+    stacked = maps.reshape(groups, _CHANNEL_PAD, *maps.shape[1:]).contiguous(
+        memory_format=torch.channels_last
+    )
+    up = F.interpolate(stacked, size=size, mode="bilinear", align_corners=False)
+    out = torch.empty((groups, _CHANNEL_PAD, height, width), dtype=dtype, device=up.device)
+    # Writing the comparison straight into a float buffer is 5x faster than bool then float.
+    torch.gt(up, thresholds.reshape(groups, _CHANNEL_PAD, 1, 1), out=out)
+    return out.reshape(s + pad, height * width)[:s]
+
+
+@dataclass(frozen=True)
+class _ConceptBatch:
+    """A batch's concept masks as matmul operands: per image, its present concepts only.
+
+    Attributes:
+        masks: ``[B, Cp + 1, H*W]`` float, image ``b``'s present-concept masks then a row of
+            ones (padding rows all 0).
+        columns: ``[B, Cp + 1]`` where each row goes in the ``[K, C + 2]`` counts: its concept's
+            column, ``C`` for padding, ``C + 1`` for the row of ones.
+        pixels: ``[B, Cp]`` int64 pixel count of each present mask (0 for padding).
+        size: ``(H, W)``.
+    """
+
+    masks: torch.Tensor
+    columns: torch.Tensor
+    pixels: torch.Tensor
+    size: tuple[int, int]
+
+    @classmethod
+    def of(cls, masks: torch.Tensor, columns: torch.Tensor, n_concepts: int) -> _ConceptBatch:
+        b, cp, h, w = masks.shape
+        # Counts up to H*W are exact in float32 below 2**24 pixels; larger images use float64.
+        dtype = torch.float32 if h * w < (1 << 24) else torch.float64
+        flat = masks.reshape(b, cp, h * w)
+        operand = torch.empty((b, cp + 1, h * w), dtype=dtype, device=masks.device)
+        operand[:, :cp] = flat
+        operand[:, cp] = 1
+        pixels = torch.count_nonzero(flat, dim=2)  # much faster than a sum of bools
+        ones_column = columns.new_full((b, 1), n_concepts + 1)
+        return cls(operand, torch.cat([columns, ones_column], dim=1), pixels, (h, w))
+
+
+# --------------------------------------------------------------------------------- data access
+class _Items(Dataset):
+    """``(image, index)`` or ``(image, masks, index)`` items, checked, for the DataLoader."""
+
+    def __init__(self, dataset: Dataset, concepts: list[str], *, with_masks: bool) -> None:
+        self.dataset, self.concepts, self.with_masks = dataset, concepts, with_masks
+        self.column = {c: j for j, c in enumerate(concepts)}
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        item = self.dataset[i]
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(image, torch.Tensor) or image.dim() != 3:
+            raise ValueError(
+                f"dataset[{i}] must be (image tensor [3, H, W], label) or an image tensor, got "
+                f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}"
+            )
+        if not self.with_masks:
+            return image, i
+        raw = self.dataset.concept_masks(i)  # type: ignore[attr-defined]
+        if not isinstance(raw, dict):
+            raise TypeError(f"dataset.concept_masks({i}) must return a dict, got {type(raw).__name__}")
+        size = tuple(image.shape[-2:])
+        masks: dict[int, torch.Tensor] = {}
+        for name, mask in raw.items():
+            if name not in self.column:
+                raise ValueError(
+                    f"dataset.concept_masks({i}) has concept {name!r}, which is not in "
+                    "dataset.concepts"
+                )
+            if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != size:
+                got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise ValueError(
+                    f"dataset.concept_masks({i})[{name!r}] has shape {got}, but image {i} is "
+                    f"{size[0]}x{size[1]}: a mask must have its image's size"
+                )
+            masks[self.column[name]] = mask if mask.dtype == torch.bool else mask != 0
+        return image, masks, i
+
+
+def _collate_images(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, list[int]]:
+    _same_size(items)
+    return torch.stack([it[0] for it in items]), [it[1] for it in items]
+
+
+class _Collate:
+    """Stack images and, per image, the masks of its present concepts.
+
+    Returns ``images [B, 3, H, W]``, ``masks [B, Cp, H, W]`` bool and ``columns [B, Cp]``
+    (each mask's concept index; ``C`` pads the images with fewer than ``Cp``, the most any
+    image of the batch has). An image shows a handful of the concepts (an object, its colour,
+    a few parts, distractors, background), so this is ~C/Cp times smaller than a dense
+    ``[B, C, H, W]`` stack, and the IoU matmuls are that much cheaper.
+    """
+
+    def __init__(self, n_concepts: int) -> None:
+        self.n_concepts = n_concepts
+
+    def __call__(self, items: list[tuple[Any, ...]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _same_size(items)
+        images = torch.stack([it[0] for it in items])
+        b, (h, w) = len(items), images.shape[-2:]
+        cp = max(1, max(len(it[1]) for it in items))
+        masks = torch.zeros((b, cp, h, w), dtype=torch.bool)
+        columns = torch.full((b, cp), self.n_concepts, dtype=torch.int64)
+        for row, (_img, concept_masks, _i) in enumerate(items):
+            for slot, (col, mask) in enumerate(sorted(concept_masks.items())):
+                masks[row, slot] = mask
+                columns[row, slot] = col
+        return images, masks, columns
+
+
+def _same_size(items: list[tuple[Any, ...]]) -> None:
+    shape = items[0][0].shape
+    for it in items[1:]:
+        if it[0].shape != shape:
+            raise ValueError(
+                f"dataset images must share one size: image {it[-1]} is {tuple(it[0].shape)}, "
+                f"image {items[0][-1]} is {tuple(shape)}"
+            )
+
+
+def _check_image_size(images: torch.Tensor, seen: tuple[int, int] | None) -> tuple[int, int]:
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    if seen is not None and size != seen:
+        raise ValueError(f"dataset images must share one size: found {seen} and {size}")
+    return size
+
+
+# ------------------------------------------------------------------------------------ forward
+def _capture(
+    model: nn.Module, modules: list[nn.Module], keys: list[str], images: torch.Tensor
+) -> list[torch.Tensor]:
+    """Run ``model`` until every module in ``modules`` has run; their outputs, in order.
+
+    A module called twice keeps its first output (as ``forward_to`` does); hooks are removed
+    even when the forward raises.
+    """
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(module: nn.Module, _inp: Any, out: Any) -> None:
+        captured.setdefault(id(module), out)
+        if len(captured) == len(modules):
+            raise _StopForward
+
+    handles = [m.register_forward_hook(hook) for m in set(modules)]
+    try:
+        model(images)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    outs = []
+    for key, m in zip(keys, modules):
+        if id(m) not in captured:
+            raise LayerNotReachedError(
+                f"layers: {key!r} was never called in the forward pass of {type(model).__name__}"
+            )
+        out = captured[id(m)]
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"layers: {key!r} returns {type(out).__name__}, not a tensor")
+        outs.append(out)
+    return outs
+
+
+def _as_maps(out: torch.Tensor, key: str) -> torch.Tensor:
+    if out.dim() == 2:
+        return out[:, :, None, None]  # a vector layer: each unit is a 1x1 map
+    if out.dim() != 4:
+        raise ValueError(
+            f"layers: {key!r} outputs shape {tuple(out.shape)}; dissection needs maps "
+            "[N, units, h, w] (or [N, units])"
+        )
+    if not out.is_floating_point():
+        raise ValueError(f"layers: {key!r} outputs {out.dtype}, not floating-point activations")
+    return out
+
+
+# ------------------------------------------------------------------------------------- checks
+def _check_fraction(name: str, value: Any, *, open_interval: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = 0 < value < 1 if open_interval else 0 <= value <= 1
+    if not ok:
+        interval = "(0, 1), both ends excluded" if open_interval else "[0, 1]"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def _check_concept_dataset(dataset: Any) -> list[str]:
+    if not callable(getattr(dataset, "concept_masks", None)) or not hasattr(dataset, "concepts"):
+        raise ValueError(
+            f"dataset ({type(dataset).__name__}) must have a 'concepts' list and a "
+            "'concept_masks(index)' method (like ShapesDataset or ConceptFolder) to be dissected"
+        )
+    concepts = list(dataset.concepts)
+    if not concepts or not all(isinstance(c, str) for c in concepts):
+        raise ValueError(f"dataset.concepts must be a non-empty list of str, got {concepts!r}")
+    if len(set(concepts)) != len(concepts):
+        raise ValueError("dataset.concepts must not repeat a name")
+    return concepts
+
+
+def _resolve_layers(
+    model: nn.Module, layers: Any
+) -> tuple[list[str], list[tuple[str, nn.Module]]]:
+    items = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
+    if not items:
+        raise ValueError("layers is empty: name at least one layer")
+    resolved = []
+    for item in items:
+        try:
+            resolved.append(resolve_layer(model, item))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"layers: {err}") from None
+    keys = [item if isinstance(item, str) else name for item, (name, _m) in zip(items, resolved)]
+    names = [name for name, _m in resolved]
+    if len(set(names)) != len(names):
+        raise ValueError(f"layers names a layer twice: {keys}")
+    return keys, resolved
+
+
+def _family(concept: str) -> str:
+    return concept.split("/", 1)[0]
+
+
+def _json_float(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(show: bool, total: int) -> Any:
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="dissect (2 passes)", unit="img", leave=False)
