@@ -299,6 +299,8 @@ def test_bad_input_names_the_argument(data):
             dissect(model, data, "conv1", iou_threshold=t, progress=False)
     for t in [0, 1]:  # the closed interval's ends are fine
         dissect(model, FakeConcepts(2, size=16), "conv1", iou_threshold=t, progress=False)
+    with pytest.raises(ValueError, match=r"device='meta', but the model's parameters are on 'cpu'"):
+        dissect(model, data, "conv1", device="meta", progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         dissect(model, data, "conv1", batch_size=0, progress=False)
     with pytest.raises(ValueError, match=r"dataset \(TensorDataset\) must have a 'concepts' list and a 'concept_masks"):

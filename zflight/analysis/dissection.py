@@ -289,7 +289,7 @@ def dissect(
 
     The model runs in ``eval()`` mode without gradients and is left as found: every
     submodule's ``training`` flag is restored and no hook stays registered, also when the
-    forward pass raises. It is not moved: ``device`` must be where its parameters are.
+    forward pass raises. It is not moved.
 
     Under ``torch.distributed`` (a process group initialized), each rank dissects images
     ``rank, rank + world_size, ...``; the per-unit top values are merged with ``all_gather``
@@ -307,7 +307,7 @@ def dissect(
         quantile: top fraction of each unit's activations above its threshold, in (0, 1).
         iou_threshold: a unit whose best IoU exceeds this is a detector, in [0, 1].
         batch_size: images per forward pass.
-        device: where the model runs; ``None`` is its parameters' device.
+        device: where the model runs: ``None`` or its parameters' device (it is not moved).
         progress: show a tqdm progress bar (rank 0 only) over both passes.
 
     Returns:
@@ -315,7 +315,7 @@ def dissect(
 
     Raises:
         ValueError: an unknown layer (with close names), a repeated layer, a layer whose
-            output is not a map, ``quantile`` outside (0, 1), ``iou_threshold`` outside
+            output is not a map, a ``device`` other than the model's, ``quantile`` outside (0, 1), ``iou_threshold`` outside
             [0, 1], a bad ``batch_size``, a data set without ``concepts``/``concept_masks``,
             an empty data set, images of differing sizes, or a mask whose size differs from
             its image or whose concept is unknown (naming the index and the concept).
@@ -324,9 +324,11 @@ def dissect(
         >>> from zflight import zfnet
         >>> from zflight.data import ShapesDataset
         >>> model = zfnet(num_classes=10, width=0.125, image_size=64)
-        >>> result = dissect(model, ShapesDataset(40), ["conv1", "conv5"], progress=False)  # doctest: +SKIP
-        >>> result.layers["conv1"].iou.shape  # doctest: +SKIP
-        torch.Size([12, 71])
+        >>> result = dissect(model, ShapesDataset(40), ["conv1", "conv5"], progress=False)
+        >>> result.layers["conv1"].iou.shape  # 12 units, 65 concepts
+        torch.Size([12, 65])
+        >>> result.summary()["conv5"]["detectors"] <= 32
+        True
     """
     quantile = _check_fraction("quantile", quantile, open_interval=True)
     iou_threshold = _check_fraction("iou_threshold", iou_threshold, open_interval=False)
@@ -338,7 +340,7 @@ def dissect(
         raise ValueError("dataset is empty: there are no images to dissect")
     keys, modules = _resolve_layers(model, layers)
 
-    device = _model_device(model) if device is None else torch.device(device)
+    device = _check_device(model, device)
     rank, world = _dist_rank_world()
     if world > n_images:
         raise ValueError(
@@ -881,12 +883,18 @@ def _json_float(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
+def _check_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """``device``, or the model's own if ``None``; the model is never moved, so they must agree."""
+    own = next((t.device for t in (*model.parameters(), *model.buffers())), None)
+    if device is None:
+        return own if own is not None else torch.device("cpu")
+    wanted = torch.device(device)
+    if own is not None and (own.type != wanted.type or (wanted.index is not None and own != wanted)):
+        raise ValueError(
+            f"device={str(wanted)!r}, but the model's parameters are on {str(own)!r}: dissect does "
+            "not move the model; move it first (model.to(device)) or leave device=None"
+        )
+    return wanted
 
 
 def _dist_rank_world() -> tuple[int, int]:
