@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from zflight import zfnet
 from zflight.analysis.dissection import CONCEPT_FAMILIES, Dissection, dissect
+from zflight.data import ShapesDataset
 
 CONCEPTS = ["object/a", "object/b", "color/red", "color/blue", "part/a/tip", "distractor", "background"]
 
@@ -156,6 +157,20 @@ def test_equals_brute_force_on_zfnet_and_larger_quantile():
     for key, name in zip(["conv2", "conv3", "conv5"], layers):
         result.layers[name] = result.layers[key]
     _assert_matches(result, expected, layers)
+
+
+def test_equals_brute_force_on_shapes_concepts():
+    torch.manual_seed(0)
+    model = zfnet(num_classes=10, width=0.125, image_size=64, init="kaiming")
+    data = ShapesDataset(12, image_size=64, seed=5)
+    layers = ["features.conv2", "features.conv4"]
+    expected = brute_force(model, data, layers, 0.005, 0.04)
+    result = dissect(model, data, layers, batch_size=5, progress=False)
+    _assert_matches(result, expected, layers)
+    assert result.concepts == data.concepts
+    families = {c.split("/", 1)[0] for c in data.concepts}
+    assert families == set(CONCEPT_FAMILIES)
+    assert set(result.summary()["features.conv2"]["families"]) == families
 
 
 def test_nan_activations_give_nan_thresholds_as_torch_quantile():

@@ -59,8 +59,8 @@ CONCEPT_FAMILIES: tuple[str, ...] = ("object", "color", "part", "distractor", "b
 # other maps were active in its batch (and equal those of a whole layer upsampled at once when
 # the layer's unit count is a multiple of the vector width).
 _CHANNEL_PAD = 64
-# Float elements of upsampled maps held at once (128 MiB in float32).
-_MAX_UPSAMPLED = 1 << 25
+# Float elements of upsampled maps held at once (32 MiB in float32, twice: values and masks).
+_MAX_UPSAMPLED = 1 << 23
 
 
 @dataclass(frozen=True)
