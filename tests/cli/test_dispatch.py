@@ -1,7 +1,11 @@
+"""python -m zflight: the subcommand list, unknown subcommands."""
+
+import subprocess
 import sys
 
 import pytest
 
+from zflight.cli import COMMANDS
 from zflight.cli import main as _main
 
 
@@ -18,3 +22,19 @@ def test_unknown_subcommand_lists_every_subcommand(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown subcommand 'fitt'" in err and "fit" in err and "occlusion" in err and "pack" in err
+
+
+def test_help_lists_every_subcommand_with_a_description_under_the_program_name():
+    proc = subprocess.run([sys.executable, "-m", "zflight", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: python -m zflight <subcommand>")
+    for name, (_, text) in COMMANDS.items():
+        assert f"  {name} " in proc.stdout and text in proc.stdout
+    assert {"fit", "validate", "test", "predict", "visualize", "occlusion", "invariance", "compare",
+            "correspondence", "pack"} <= set(COMMANDS)
+
+
+def test_unknown_subcommand_suggests_the_close_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["occlusoin"])
+    assert "did you mean 'occlusion'?" in capsys.readouterr().err

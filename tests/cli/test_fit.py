@@ -104,6 +104,75 @@ def test_wrong_config_key_fails_with_one_message_naming_it(tmp_path, capsys):
     assert "widht" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "extra, named, close",
+    [
+        (["--trainer.max_epocs", "1"], "--trainer.max_epocs", "--trainer.max_epochs"),
+        # argparse's prefix matching would take this for --trainer.max_epochs and start a run
+        (["--trainer.max_epoch", "1"], "--trainer.max_epoch", "--trainer.max_epochs"),
+        (["--model.widht", "0.5"], "--model.widht", "--model.width"),
+    ],
+)
+def test_wrong_or_abbreviated_option_is_a_short_error_with_its_close_match(extra, named, close, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", QUICKSTART, *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 5, err
+    assert err[0].startswith("python -m zflight fit: error:") and named in err[0]
+    assert any(f"did you mean {close}?" in line for line in err)
+
+
+def test_wrong_key_in_a_config_file_is_a_short_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_epocs: 3\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", QUICKSTART, "--config", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 5 and "trainer.max_epocs" in err[0]
+    assert any("--trainer.max_epochs" in line for line in err)
+
+
+def test_a_value_of_the_wrong_type_is_a_short_error_naming_key_and_value(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", QUICKSTART, "--trainer.max_epochs", "ten"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 5 and "trainer.max_epochs" in err[0] and "ten" in err[0]
+
+
+def _not_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    from zflight.module import ImageClassifier
+
+    text = tmp_path / "notes.ckpt"
+    text.write_text("these are my notes\n")
+    good = tmp_path / "good.ckpt"
+    module = ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, good)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"layer.weight": torch.zeros(3, 3)}}, other)
+    return {
+        "text": (text, "is not a torch checkpoint file"),
+        "truncated": (truncated, "is truncated or corrupt"),
+        "other model": (other, "is a checkpoint of another model"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "other model"])
+def test_a_file_that_is_no_checkpoint_of_the_model_is_one_line_naming_it(kind, tmp_path, capsys):
+    path, reason = _not_checkpoints(tmp_path)[kind]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_tiny(tmp_path, f"--ckpt_path={path}")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"python -m zflight fit: error: --ckpt_path: {path} {reason}")
+    assert len(err) <= 2 and "weights_only" not in "\n".join(err)
+    assert not (tmp_path / "runs").exists()  # no run was started
+
+
 def test_missing_data_folder_fails_with_one_message_naming_it(tmp_path, capsys):
     missing = tmp_path / "no-imagenet"
     config = str(ROOT / "configs" / "zfnet_imagenet.yaml")

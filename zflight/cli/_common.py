@@ -123,7 +123,24 @@ def run_cli(
     try:
         return body(args)
     except catch as err:
-        parser.error(str(err).strip() or type(err).__name__)
+        parser.error(_as_option(parser, str(err).strip() or type(err).__name__))
+
+
+def _as_option(parser: argparse.ArgumentParser, message: str) -> str:
+    """Name the option a library error is about: ``layer='x' is not ...`` -> ``--layer: layer=...``.
+
+    The analysis functions name their Python argument (``size``, ``layer``); the user typed an
+    option. A message that starts with an argument whose option (or plural, ``--layers``) this
+    parser has gets that option in front; one that already names an option is left alone.
+    """
+    match = re.match(r"([A-Za-z_]\w*)\b", message)
+    if message.startswith("-") or match is None:
+        return message
+    options = {o for action in parser._actions for o in action.option_strings}
+    for option in (f"--{match.group(1)}", f"--{match.group(1)}s"):
+        if option in options:
+            return f"{option}: {message}"
+    return message
 
 
 def check_out(out: str | os.PathLike, overwrite: bool) -> Path:

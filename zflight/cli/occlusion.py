@@ -142,13 +142,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     size, stride = default_geometry(h, w)
     size = args.size if args.size is not None else size
     stride = args.stride if args.stride is not None else stride
-    try:
-        maps, projections = occlusion_analysis(
-            model, images.to(args.device), targets, size=size, stride=stride, layer=args.layer,
-            fill=args.fill, batch_size=args.batch_size, progress=True,
-        )
-    except ValueError as err:
-        raise AnalysisError(_as_option(str(err))) from None
+    # A ValueError names its argument (size=, layer=); run_cli shows it as the option.
+    maps, projections = occlusion_analysis(
+        model, images.to(args.device), targets, size=size, stride=stride, layer=args.layer,
+        fill=args.fill, batch_size=args.batch_size, progress=True,
+    )
 
     document = {
         "checkpoint": str(Path(args.ckpt_path)),
@@ -200,14 +198,6 @@ def _load_indices(
 
 def _file_targets(targets: Sequence[str] | None, n: int, class_names: list[str] | None) -> list[int] | None:
     return None if targets is None else class_indices(targets, n, class_names, "--targets")
-
-
-def _as_option(message: str) -> str:
-    """Turn ``size=...`` in occlusion_maps' messages into the option the user typed."""
-    for name in ("size", "stride", "layer", "batch_size", "fill", "targets"):
-        if message.startswith(name):
-            return f"--{name}: {message}"
-    return message
 
 
 def _print_summary(document: dict[str, Any], out: Path) -> None:
