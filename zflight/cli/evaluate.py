@@ -150,7 +150,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     if n > len(dataset):
         raise AnalysisError(f"--num_images: {n} is larger than the {args.split} split ({len(dataset)} images)")
 
-    model = model.to(device)
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as err:  # e.g. "Torch not compiled with CUDA enabled"
+        raise AnalysisError(f"--device: cannot use {args.device}: {err}".splitlines()[0]) from None
     items = [dataset[i] for i in range(n)]
     images = torch.stack([x for x, _ in items]).to(device)
     labels = torch.tensor([int(y) for _, y in items])
