@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from zflight.callbacks.random_state import RandomState
 from zflight.module import ImageClassifier
 
 __all__ = ["ZFlightCLI", "ZFlightArgumentParser", "main"]
@@ -83,6 +84,8 @@ class ZFlightCLI(LightningCLI):
       names them once;
     - a ``checkpoint`` section configures the always-present ``ModelCheckpoint`` (``last.ckpt``
       plus the best epoch by ``val/acc1``), so ``--ckpt_path last`` resumes;
+    - a :class:`~zflight.callbacks.RandomState` is always added too (unless the config lists
+      one), so that resumed run goes on as the uninterrupted run would have (``docs/resume.md``);
     - a bad value that a class rejects (a missing data folder, an unknown arch) ends the run with
       one ``error:`` line, like a wrong key does, instead of a traceback.
     """
@@ -128,6 +131,15 @@ class ZFlightCLI(LightningCLI):
         ]
         if versions:
             logger.init_args.version = max(versions)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # Every checkpoint carries the random state: a run resumed with `--ckpt_path last` must
+        # draw what the uninterrupted run would have drawn.
+        listed = config.get("callbacks") or []
+        listed = listed if isinstance(listed, list) else [listed]
+        if not any(isinstance(c, RandomState) for c in [*listed, *callbacks]):
+            callbacks = [*callbacks, RandomState()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_classes(self) -> None:
         try:

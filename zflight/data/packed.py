@@ -181,10 +181,29 @@ class PackedSampler:
         self.batch_size, self.image_size, self.crop_size, self.mode = batch_size, image_size, crop_size, mode
         self.shuffle, self.seed, self.rank, self.world_size, self.drop_last = shuffle, seed, rank, world_size, drop_last
         self.epoch = 0
+        self.start_batch = 0  # where the current pass started (after a skip)
+        self._skip: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Use the permutation and crops of ``epoch`` from the next iteration on."""
         self.epoch = int(epoch)
+
+    def skip(self, epoch: int, batches: int) -> None:
+        """Start the next pass over ``epoch`` (only that epoch) after its first ``batches`` batches.
+
+        The order and the crops of the batches that follow are those of an unbroken pass: all
+        are drawn from ``(seed, epoch)`` before the first batch.
+
+        Args:
+            epoch: the epoch that was interrupted.
+            batches: batches of it already trained on.
+
+        Raises:
+            ValueError: a negative ``epoch`` or ``batches``.
+        """
+        if epoch < 0 or batches < 0:
+            raise ValueError(f"epoch and batches must be >= 0, got epoch={epoch}, batches={batches}")
+        self._skip = (int(epoch), int(batches))
 
     @property
     def num_samples(self) -> int:
@@ -207,7 +226,12 @@ class PackedSampler:
         total = self.num_samples * self.world_size
         order = np.concatenate([order, order[: total - n]]) if total > n else order
         mine = order[self.rank : total : self.world_size]
-        for b in range(len(self)):
+        start = 0
+        if self._skip is not None and self._skip[0] == self.epoch:
+            start = min(self._skip[1], len(self))
+        self._skip = None  # a skip is for one pass: the next epoch starts from its beginning
+        self.start_batch = start
+        for b in range(start, len(self)):
             pos = np.sort(mine[b * self.batch_size : (b + 1) * self.batch_size])  # rows ascend with pos
             k = len(pos)
             if self.mode == "random":
@@ -264,9 +288,27 @@ class PackedLoader:
         # from ``sampler`` itself.
         self.batch_sampler = None
         self.pin_memory, self.num_workers, self.prefetch, self.transform = pin_memory, num_workers, prefetch, transform
+        self._handed_out = 0  # batches of the current pass yielded to the consumer
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches"}``: the sampler's epoch and the batches of it handed out so far.
+
+        Lightning stores it in each checkpoint and gives it back to :meth:`load_state_dict` of
+        the resumed run's loader (see ``docs/resume.md``).
+        """
+        return {"epoch": int(self.sampler.epoch), "batches": self.sampler.start_batch + self._handed_out}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Continue after the batches ``state_dict`` counts (the next epoch if it was complete)."""
+        epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])
+        if batches >= len(self):
+            self.sampler.set_epoch(epoch + 1)
+            return
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip(epoch, batches)
 
     def _gather(self, plan: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], fd: int | None) -> Any:
         rows, top, left, flip = plan
@@ -301,6 +343,8 @@ class PackedLoader:
                 done += got
 
     def __iter__(self) -> Iterator[Any]:
+        self._handed_out = 0
+        self.sampler.start_batch = 0  # set again by the sampler when its pass starts
         plans = iter(self.sampler)
         path = getattr(self.images, "filename", None)
         # One descriptor per iteration, shared by the threads (preadv has no file position).
@@ -310,14 +354,20 @@ class PackedLoader:
         try:
             if pool is None:
                 for plan in plans:
-                    yield self._gather(plan, fd)
+                    batch = self._gather(plan, fd)
+                    self._handed_out += 1  # counted before the consumer sees it (a checkpoint may follow)
+                    yield batch
                 return
             for plan in plans:
                 queue.append(pool.submit(self._gather, plan, fd))
                 if len(queue) >= self.num_workers * self.prefetch:
-                    yield queue.popleft().result()
+                    batch = queue.popleft().result()
+                    self._handed_out += 1
+                    yield batch
             while queue:
-                yield queue.popleft().result()
+                batch = queue.popleft().result()
+                self._handed_out += 1
+                yield batch
         finally:
             # Also when the consumer stops early (limit_train_batches, an exception).
             for f in queue:
