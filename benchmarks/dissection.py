@@ -12,8 +12,9 @@ Every timing is the best of ``--repeats`` runs, each on the same, already render
 - ``dissect, total``: the same on the ShapesDataset itself, so that the concept masks are
   generated inside the timed region (their cost is the data set's, not dissection's).
 
-Memory: the peak RSS of a fresh process that dissects N images, at two N (tracemalloc does not
-see torch's CPU allocations), with the data set's own image cache shown apart.
+Memory: the peak RSS of a fresh process while it dissects N images, above its RSS just before,
+at two N (tracemalloc does not see torch's CPU allocations), with the data set's own image
+cache shown apart.
 
 Run:
     python benchmarks/dissection.py                   # N = 2000, random init
@@ -97,27 +98,33 @@ def timings(n: int, ckpt_path: str | None, batch_size: int, repeats: int) -> dic
     return {"forward": t_fwd, "precomputed": t_pre, "total": t_tot, "masks": t_masks, "summary": summary}
 
 
-def peak_rss_mb(n: int, ckpt_path: str | None, batch_size: int) -> float:
-    """Peak RSS (MiB) of a fresh process that dissects ``n`` images of a ShapesDataset.
+def peak_rss_mb(n: int, ckpt_path: str | None, batch_size: int) -> tuple[float, float]:
+    """RSS (MiB) of a fresh process before, and its peak while, it dissects ``n`` images.
 
-    The data set renders its images as the DataLoader asks for them and keeps them in its
-    uint8 cache (``n * 3 * 64 * 64`` bytes): that cache is the data set's, and is reported
-    apart from what dissection itself holds.
+    The peak is reset just before :func:`dissect` (``/proc/self/clear_refs``, Linux), so that
+    imports do not hide it. The data set renders its images as the DataLoader asks for them
+    and keeps them in its uint8 cache (``n * 3 * 64 * 64`` bytes): that cache is the data
+    set's, and is reported apart from what dissection itself holds.
     """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
-        "import resource, sys, torch\n"
+        "import os, sys, torch\n"
         f"sys.path.insert(0, {root!r})\n"
         "from benchmarks.dissection import _model, LAYERS\n"
         "from zflight.analysis.dissection import dissect\n"
         "from zflight.data import ShapesDataset\n"
         f"torch.set_num_threads({torch.get_num_threads()})\n"
         f"model = _model({ckpt_path!r})\n"
-        f"dissect(model, ShapesDataset({n}, image_size=64, seed=0), LAYERS, batch_size={batch_size}, progress=False)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        f"ds = ShapesDataset({n}, image_size=64, seed=0)\n"
+        "status = lambda key: int([l for l in open('/proc/self/status') if l.startswith(key)][0].split()[1])\n"
+        "before = status('VmRSS:')\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # resets VmHWM, the peak RSS\n"
+        f"dissect(model, ds, LAYERS, batch_size={batch_size}, progress=False)\n"
+        "print(before, status('VmHWM:'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024.0  # ru_maxrss is in KiB on Linux
+    before, peak = (int(v) / 1024.0 for v in out.stdout.strip().splitlines()[-1].split())  # KiB
+    return before, peak
 
 
 def main() -> None:
@@ -144,10 +151,10 @@ def main() -> None:
     print("detectors / unique concepts per layer:", t["summary"])
 
     mem = {n: peak_rss_mb(n, args.ckpt_path, args.batch_size) for n in (args.small, args.num_images)}
-    cache = {n: n * 3 * 64 * 64 / 2**20 for n in mem}
-    print(f"{'N':>6}{'peak RSS MiB':>14}{'image cache MiB':>17}{'RSS - cache MiB':>17}")
-    for n, mb in mem.items():
-        print(f"{n:>6}{mb:>14.1f}{cache[n]:>17.1f}{mb - cache[n]:>17.1f}")
+    print(f"{'N':>6}{'RSS before MiB':>16}{'peak in dissect':>17}{'growth':>9}{'of which image cache':>22}")
+    for n, (before, peak) in mem.items():
+        cache = n * 3 * 64 * 64 / 2**20
+        print(f"{n:>6}{before:>16.1f}{peak:>17.1f}{peak - before:>9.1f}{cache:>22.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"timings": {k: v for k, v in t.items() if k != "summary"},
