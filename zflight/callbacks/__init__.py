@@ -6,7 +6,10 @@
   patches), TensorBoard ``top9/<layer>``;
 - :class:`FilterGrid`: the first layer's filters, TensorBoard ``filters/<layer>``;
 - :class:`OcclusionFigures`: the paper's Fig. 7 for fixed validation images, ``occlusion/<index>``;
-- :class:`InvarianceFigures`: the paper's Fig. 5 curves, ``invariance``.
+- :class:`InvarianceFigures`: the paper's Fig. 5 curves, ``invariance``;
+- :class:`RandomState`: no figure: the global random state in every checkpoint, so that a run
+  resumed with ``--ckpt_path last`` ends as the uninterrupted run would (``python -m zflight fit``
+  always adds it; see ``docs/resume.md``).
 
 PNG copies go to ``<log_dir>/figures/``. In a config::
 
@@ -21,6 +24,7 @@ from zflight.callbacks.explanations import ExplanationScores
 from zflight.callbacks.invariance import InvarianceFigures
 from zflight.callbacks.occlusion import OcclusionFigures
 from zflight.callbacks.panels import PAPER_LAYERS, FilterGrid, TopActivationPanels
+from zflight.callbacks.random_state import RandomState
 
 __all__ = [
     "FeatureEvolution",
@@ -29,6 +33,7 @@ __all__ = [
     "OcclusionFigures",
     "InvarianceFigures",
     "ExplanationScores",
+    "RandomState",
     "PAPER_EPOCHS",
     "PAPER_LAYERS",
 ]

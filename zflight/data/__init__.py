@@ -1,6 +1,7 @@
 """Data: the embedded offline shapes data set (with exact object and concept masks), users' pixel
 labels (:class:`ConceptFolder`) and LightningDataModules (shapes, image folders, packed ImageNet)."""
 
+from zflight.data._base import ResumableLoader, ResumableSampler, SeededSamples
 from zflight.data.concepts import ConceptFolder
 from zflight.data.datamodules import (
     IMAGENET_MEAN,
@@ -26,6 +27,9 @@ __all__ = [
     "PackVerificationError",
     "PackedBatch",
     "PackedImageNetDataModule",
+    "ResumableLoader",
+    "ResumableSampler",
+    "SeededSamples",
     "ShapesDataModule",
     "ShapesDataset",
     "UnreadableImageError",

@@ -279,6 +279,31 @@ class ClassificationDataModule(L.LightningDataModule):
         """Per-channel std used for normalization."""
         return tuple(self._std)
 
+    # Where the training loader is, for checkpoints. Lightning also saves a stateful loader's
+    # state with the loops, but gives it back only for a checkpoint saved inside an epoch; after
+    # one saved at an epoch's end the new loader would start at epoch 0 and, with worker
+    # processes, prefetch that epoch's samples before Lightning sets the epoch. The data module's
+    # own state is restored in every case, before the loader is made.
+    _train_loader_made: Any = None
+    _train_loader_state: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"train_loader": ...}``, the training loader's position, which Lightning stores in checkpoints."""
+        loader = self._train_loader_made
+        return {"train_loader": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep a checkpoint's loader position for the next training loader (made after this)."""
+        self._train_loader_state = state_dict.get("train_loader")
+
+    def _resumable(self, loader: Any) -> Any:
+        """Remember ``loader`` (for :meth:`state_dict`) and put a checkpoint's position into it."""
+        if self._train_loader_state is not None:
+            loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        self._train_loader_made = loader
+        return loader
+
 
 class SplitDataModule(ClassificationDataModule):
     """Train, val and test datasets, built by ``setup()``, and the DataLoaders over them.
@@ -307,11 +332,12 @@ class SplitDataModule(ClassificationDataModule):
         return self._shuffle_seed
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"shuffle_seed": ...}``, which Lightning stores in checkpoints."""
-        return {"shuffle_seed": self.shuffle_seed}
+        """The training loader's position and ``shuffle_seed``, which Lightning stores in checkpoints."""
+        return {**super().state_dict(), "shuffle_seed": self.shuffle_seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Take the run's shuffling seed back from a checkpoint (before the loaders are made)."""
+        """Take the run's shuffling seed and loader position back (before the loaders are made)."""
+        super().load_state_dict(state_dict)
         if "shuffle_seed" in state_dict:
             self._shuffle_seed = int(state_dict["shuffle_seed"])
 
@@ -341,13 +367,14 @@ class SplitDataModule(ClassificationDataModule):
         )
         # Its own generator for the workers' base seed: creating the iterator draws nothing from
         # the global generator, so a resumed run's draws line up with an uninterrupted one's.
-        return ResumableLoader(
+        loader = ResumableLoader(
             SeededSamples(ds),
             batch_size=self.batch_size,
             sampler=sampler,
             generator=torch.Generator().manual_seed(seed),
             **self._loader_options(),
         )
+        return self._resumable(loader)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches ``(x, y)``, resumable mid-epoch (:class:`ResumableLoader`)."""

@@ -539,8 +539,12 @@ class PackedImageNetDataModule(ClassificationDataModule):
         )
 
     def train_dataloader(self) -> PackedLoader:
-        """This process's shuffled training batches (see :meth:`transform_batch` for what the model gets)."""
-        return self._loader("train", "random", shuffle=True, drop_last=self.drop_last)
+        """This process's shuffled training batches (see :meth:`transform_batch` for what the model gets).
+
+        Resumable: the order and crops come from ``(seed, epoch)``, and a checkpoint holds the
+        position in the epoch (``docs/resume.md``).
+        """
+        return self._resumable(self._loader("train", "random", shuffle=True, drop_last=self.drop_last))
 
     def val_dataloader(self) -> PackedLoader:
         """This process's validation batches (centre crops), in order."""
