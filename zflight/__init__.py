@@ -13,8 +13,10 @@ Example:
 
 from zflight.analysis import (
     ArchitectureReport,
+    Dissection,
     class_sensitivity,
     deletion_auc,
+    dissect,
     insertion_auc,
     model_randomization,
     pointing_game,
@@ -97,4 +99,7 @@ __all__ = [
     "insertion_auc",
     "model_randomization",
     "class_sensitivity",
+    # network dissection
+    "dissect",
+    "Dissection",
 ]

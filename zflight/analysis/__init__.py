@@ -10,7 +10,9 @@ Plain PyTorch (and :mod:`zflight.attribution`), no Lightning, no argparse, no dr
 - explanation scores: :func:`pointing_game`, :func:`relevance_mass`, :func:`relevance_rank`,
   :func:`deletion_auc`, :func:`insertion_auc` (is a map on the object? does removing what it
   points at change the output?) and the sanity checks :func:`model_randomization`,
-  :func:`class_sensitivity` (Adebayo et al., 2018).
+  :func:`class_sensitivity` (Adebayo et al., 2018);
+- network dissection: :func:`dissect` labels each unit with the concept its strongest
+  activations overlap most (Bau et al., 2017).
 
 Their pictures are drawn by :mod:`zflight.figures`.
 """
@@ -29,6 +31,7 @@ from zflight.analysis.correspondence import (
     correspondence_delta,
     keypoint_masks,
 )
+from zflight.analysis.dissection import CONCEPT_FAMILIES, Dissection, LayerDissection, dissect
 from zflight.analysis.evaluation import (
     PerturbationCurves,
     deletion_auc,
@@ -79,4 +82,8 @@ __all__ = [
     "RandomizationResult",
     "class_sensitivity",
     "ClassSensitivity",
+    "dissect",
+    "Dissection",
+    "LayerDissection",
+    "CONCEPT_FAMILIES",
 ]
