@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 __all__ = ["RandomState", "capture_random_state", "restore_random_state"]
@@ -155,6 +156,8 @@ class RandomState(Callback):
         restore_random_state(ranks[rank % len(ranks)])
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return  # validate/test/predict from a checkpoint continue no run
         if self.state_key not in checkpoint.get("callbacks", {}):
             # A checkpoint from before this callback: it resumes, but from fresh random state.
             rank_zero_warn(

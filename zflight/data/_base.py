@@ -310,6 +310,9 @@ class SplitDataModule(ClassificationDataModule):
 
     Subclasses set ``batch_size`` and ``num_workers``, fill the three datasets in ``setup()``
     and may add DataLoader options in :meth:`_loader_options`. ``predict`` uses the test split.
+    The training loader is a :class:`ResumableLoader`: its order and each sample's augmentation
+    follow :attr:`shuffle_seed` and the epoch, and checkpoints hold its position, so a resumed
+    run reads what the uninterrupted run would have (``docs/resume.md``).
     """
 
     batch_size: int
