@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("zflight.cli.compare", "Fig. 6: compare the first layers of two checkpoints"),
     "correspondence": ("zflight.cli.correspondence", "Table 1: correspondence of object parts across images"),
     "evaluate": ("zflight.cli.evaluate", "score attribution maps against the objects' masks (pointing game, deletion, sanity)"),
+    "report": ("zflight.cli.report", "a unit explorer: one static folder (index.html) with every unit's top-9, label, evolution"),
     "pack": ("zflight.cli.pack", "pack an ImageNet-style folder into memory-mappable arrays"),
 }
 
