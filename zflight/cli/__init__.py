@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "invariance": ("zflight.cli.invariance", "Fig. 5: invariance to translation, scale and rotation"),
     "compare": ("zflight.cli.compare", "Fig. 6: compare the first layers of two checkpoints"),
     "correspondence": ("zflight.cli.correspondence", "Table 1: correspondence of object parts across images"),
+    "dissect": ("zflight.cli.dissect", "Network Dissection: label each unit with the concept it detects (object, colour, part)"),
     "evaluate": ("zflight.cli.evaluate", "score attribution maps against the objects' masks (pointing game, deletion, sanity)"),
     "report": ("zflight.cli.report", "a unit explorer: one static folder (index.html) with every unit's top-9, label, evolution"),
     "pack": ("zflight.cli.pack", "pack an ImageNet-style folder into memory-mappable arrays"),
