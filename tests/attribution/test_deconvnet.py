@@ -811,7 +811,7 @@ def test_negative_channel_is_out_of_range(dn_small):
 
 
 def test_per_sample_channels_must_match_the_batch_size(dn_small):
-    with pytest.raises(ValueError, match=r"channels has 3 entries but inputs has batch size 2"):
+    with pytest.raises(ValueError, match=r"channels has 3 entries but inputs has 2 images"):
         dn_small.project(images(2, 64), layer="conv5", channels=[0, 1, 2])
 
 

@@ -165,9 +165,9 @@ def test_a_model_without_conv_layers_is_an_error_for_conv_methods(x):
 
 
 @pytest.mark.parametrize(
-    "target, message",
-    [([1], "target has 1 entries but inputs has 2 images"), (1.5, "target must be an int")],
+    "target, error, message",
+    [([1], ValueError, "target has 1 entries but inputs has 2 images"), (1.5, TypeError, "target must be an int")],
 )
-def test_bad_targets_are_errors_naming_target(model, x, target, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_targets_are_errors_naming_target(model, x, target, error, message):
+    with pytest.raises(error, match=message):
         attribute("saliency", model, x, target)

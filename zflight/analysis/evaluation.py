@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from zflight.attribution._args import per_image_ints
 from zflight.attribution._layers import preserve_modes
 
 __all__ = [
@@ -506,30 +507,7 @@ def _targets(model: nn.Module, x: torch.Tensor, targets: Targets, batch_size: in
             _check_logits(logits, min(batch_size, n - start))
             preds.append(logits.argmax(dim=1))
         return torch.cat(preds)
-    if isinstance(targets, bool):
-        raise ValueError("targets must be an int, N ints, a 1-D tensor or None, got bool")
-    if isinstance(targets, int):
-        tgt = torch.full((n,), targets, dtype=torch.int64)
-    elif isinstance(targets, torch.Tensor):
-        if targets.is_floating_point() or targets.is_complex() or targets.dim() > 1:
-            raise ValueError(
-                f"targets as a tensor must be 0-D or 1-D integers, got {targets.dtype} of "
-                f"shape {tuple(targets.shape)}"
-            )
-        tgt = targets.reshape(-1).to(torch.int64)
-        if targets.dim() == 0:
-            tgt = tgt.expand(n)
-    elif isinstance(targets, Sequence) and not isinstance(targets, str):
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
-            raise ValueError(f"targets must hold ints only, got {list(targets)!r}")
-        tgt = torch.tensor(list(targets), dtype=torch.int64)
-    else:
-        raise ValueError(
-            f"targets must be an int, N ints, a 1-D tensor or None, got {type(targets).__name__}"
-        )
-    if tgt.numel() != n:
-        raise ValueError(f"targets has {tgt.numel()} entries but inputs has {n} images")
-    return tgt.to(x.device)
+    return per_image_ints(targets, n, "targets").to(x.device)
 
 
 def _check_target_range(tgt: torch.Tensor, classes: int) -> None:

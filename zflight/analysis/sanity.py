@@ -40,7 +40,8 @@ from torch import nn
 from zflight.analysis.evaluation import relevance
 from zflight.attribution._guard import preserve_model
 from zflight.attribution._layers import resolve_layer
-from zflight.attribution.methods import Method, _target_tensor, get_method
+from zflight.attribution._args import per_image_ints
+from zflight.attribution.methods import Method, get_method
 
 __all__ = [
     "RandomizationResult",
@@ -221,7 +222,7 @@ def model_randomization(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     fn = _resolve_method(method)
-    tgt = _target_tensor(target, _batch_size(inputs)).to(inputs.device)
+    tgt = per_image_ints(target, _batch_size(inputs), "target").to(inputs.device)
     chosen = _layers_to_randomize(model, layers)
 
     rows_rho, rows_ssim = [], []

@@ -59,6 +59,7 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import nn
 
+from zflight.attribution._args import per_image_ints
 from zflight.attribution._deconv_rules import ActivationRule, Normalization, deconv_rules
 from zflight.attribution._layers import LayerNotReachedError, forward_to, resolve_layer
 
@@ -194,7 +195,7 @@ class DeconvNet(GradientAttribution):
                 out = self._forward_to(name, module, xs, extra)
                 scalars = _select_neuron(out, neuron_selector, name)
                 grads = torch.autograd.grad(scalars, xs, allow_unused=True)
-        grads = tuple(torch.zeros_like(x) if g is None else g for g in grads)
+        grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads))
         return grads if is_tuple else grads[0]
 
     @log_usage()
@@ -254,7 +255,7 @@ class DeconvNet(GradientAttribution):
             batch_size = max(n, 1)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        chans = _channel_indices(channels, n)
+        chans = per_image_ints(channels, n, "channels")
         name, module = resolve_layer(self.model, layer)
 
         result = torch.empty_like(inputs)
@@ -377,38 +378,6 @@ def _select_neuron(out: torch.Tensor, selector: NeuronSelector, name: str) -> to
             "or slices to sum over"
         )
     return picked.sum()
-
-
-def _channel_indices(channels: int | Sequence[int] | torch.Tensor, n: int) -> torch.Tensor:
-    """``channels`` as a 1-D int64 tensor of length ``n`` (range checked later, per layer)."""
-    if isinstance(channels, bool):
-        raise TypeError("channels must be an int, a sequence of ints or a 1-D tensor, got bool")
-    if isinstance(channels, int):
-        return torch.full((n,), channels, dtype=torch.int64)
-    if isinstance(channels, torch.Tensor):
-        if channels.is_floating_point() or channels.is_complex() or channels.dim() > 1:
-            raise TypeError(
-                f"channels as a tensor must be 0-D or 1-D integers, got {channels.dtype} "
-                f"of shape {tuple(channels.shape)}"
-            )
-        chans = channels.detach().to("cpu", torch.int64).reshape(-1)
-        if channels.dim() == 0:
-            return chans.expand(n).clone()
-    elif isinstance(channels, Sequence) and not isinstance(channels, str):
-        if not all(isinstance(c, int) and not isinstance(c, bool) for c in channels):
-            raise TypeError(f"channels must hold ints only, got {list(channels)!r}")
-        chans = torch.tensor(list(channels), dtype=torch.int64)
-    else:
-        raise TypeError(
-            "channels must be an int, a sequence of ints or a 1-D tensor, got "
-            f"{type(channels).__name__}"
-        )
-    if chans.numel() != n:
-        raise ValueError(
-            f"channels has {chans.numel()} entries but inputs has batch size {n}: give one "
-            "channel per image, or one int for all"
-        )
-    return chans
 
 
 def _chunk_args(args: Any, start: int, stop: int, n: int) -> Any:

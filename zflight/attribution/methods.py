@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from captum.attr import IntegratedGradients, LayerGradCam, Saliency
 from torch import nn
 
+from zflight.attribution._args import per_image_ints
 from zflight.attribution._guard import preserve_model
 from zflight.attribution._layers import forward_to
 from zflight.attribution.deconvnet import DeconvNet
@@ -232,7 +233,7 @@ def attribute(
             f"inputs must be a floating [N, C, H, W] batch, got {inputs.dtype} of shape "
             f"{tuple(inputs.shape)}"
         )
-    tgt = _target_tensor(target, inputs.shape[0]).to(inputs.device)
+    tgt = per_image_ints(target, inputs.shape[0], "target").to(inputs.device)
     with preserve_model(model), torch.enable_grad():
         model.eval()
         maps = METHODS[name](model, inputs, tgt)
@@ -245,27 +246,3 @@ def attribute(
     return maps.detach()
 
 
-def _target_tensor(target: int | Sequence[int] | torch.Tensor, n: int) -> torch.Tensor:
-    if isinstance(target, bool):
-        raise ValueError("target must be an int, N ints or a 1-D integer tensor, got bool")
-    if isinstance(target, int):
-        return torch.full((n,), target, dtype=torch.int64)
-    if isinstance(target, torch.Tensor):
-        if target.is_floating_point() or target.is_complex() or target.dim() > 1:
-            raise ValueError(
-                f"target as a tensor must be 0-D or 1-D integers, got {target.dtype} of shape "
-                f"{tuple(target.shape)}"
-            )
-        tgt = target.reshape(-1).to(torch.int64)
-        tgt = tgt.expand(n).clone() if target.dim() == 0 else tgt
-    elif isinstance(target, Sequence) and not isinstance(target, str):
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
-            raise ValueError(f"target must hold ints only, got {list(target)!r}")
-        tgt = torch.tensor(list(target), dtype=torch.int64)
-    else:
-        raise ValueError(
-            f"target must be an int, N ints or a 1-D integer tensor, got {type(target).__name__}"
-        )
-    if tgt.numel() != n:
-        raise ValueError(f"target has {tgt.numel()} entries but inputs has {n} images")
-    return tgt

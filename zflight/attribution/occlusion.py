@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zflight.attribution._args import per_image_ints
 from zflight.attribution._incremental import IncrementalScorer, make_scorer
 from zflight.attribution._layers import preserve_modes, resolve_layer
 
@@ -579,19 +580,7 @@ def _targets(
 ) -> torch.Tensor:
     if targets is None:
         return base_probs.argmax(dim=1).to(device)
-    if isinstance(targets, bool):
-        raise ValueError(f"targets must be ints, got {targets!r}")
-    if isinstance(targets, int):
-        t = torch.full((n,), targets, dtype=torch.int64)
-    else:
-        t = torch.as_tensor(targets)
-        if t.dim() == 0:
-            t = t.expand(n)
-        if t.dim() != 1 or t.numel() != n:
-            raise ValueError(f"targets must hold one class per image ({n}), got shape {tuple(t.shape)}")
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise ValueError(f"targets must be integer classes, got dtype {t.dtype}")
-        t = t.to(torch.int64)
+    t = per_image_ints(targets, n, "targets")
     bad = (t < 0) | (t >= num_classes)
     if bad.any():
         raise ValueError(
