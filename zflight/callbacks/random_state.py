@@ -104,6 +104,11 @@ class RandomState(Callback):
     loader's iterator is created come after it, as in an uninterrupted run. A checkpoint
     without this state (written before it existed) still resumes, with a one-line warning.
 
+    It also flushes the loggers when a checkpoint is written and again before the next batch (or
+    epoch): Lightning writes a step's metrics just after that step's checkpoint, and TensorBoard
+    buffers them, so a ``kill -9`` soon after a checkpoint would otherwise lose the metrics of the
+    steps before it, which the resumed run does not redo.
+
     ``python -m zflight fit`` adds this callback by itself; with a bare ``Trainer`` add it to
     ``callbacks``.
 
@@ -115,6 +120,7 @@ class RandomState(Callback):
     def __init__(self) -> None:
         super().__init__()
         self._trainer: Trainer | None = None
+        self._flush_next = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # state_dict() gets no trainer, and needs the rank and the process group.
@@ -155,6 +161,18 @@ class RandomState(Callback):
             )
         restore_random_state(ranks[rank % len(ranks)])
 
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        _flush_loggers(trainer)
+        self._flush_next = True  # the metrics of the checkpoint's own step are logged after it
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._flush_next:
+            _flush_loggers(trainer)
+            self._flush_next = False
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.on_train_batch_start(trainer, pl_module, None, 0)
+
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn != TrainerFn.FITTING:
             return  # validate/test/predict from a checkpoint continue no run
@@ -165,3 +183,9 @@ class RandomState(Callback):
                 "the run will not be bit-identical to an uninterrupted one",
                 stacklevel=2,
             )
+
+
+def _flush_loggers(trainer: Trainer) -> None:
+    """Write what the loggers buffer (TensorBoard: ``SummaryWriter.flush``); rank 0 only."""
+    for logger in trainer.loggers:
+        logger.save()
