@@ -900,3 +900,19 @@ def test_missing_target_for_multi_output_model_is_reported(dn_small):
         dn_small.attribute(images(2, 64))
     with pytest.raises(ValueError, match=r"target=12 does not fit the model output"):
         dn_small.attribute(images(2, 64), target=12)
+
+
+def test_an_input_the_output_does_not_use_gets_zeros():
+    class FirstOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.relu = nn.ReLU()
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return self.relu(self.conv(a)).flatten(1).sum(1, keepdim=True)
+
+    a, b = torch.randn(2, 3, 8, 8), torch.randn(2, 5)
+    grad_a, grad_b = DeconvNet(FirstOnly()).attribute((a, b), target=0)
+    assert grad_a.shape == a.shape and grad_a.abs().sum() > 0
+    assert torch.equal(grad_b, torch.zeros_like(b))
