@@ -22,6 +22,7 @@ from zflight.analysis import (
     pointing_game,
     relevance_mass,
     relevance_rank,
+    score_methods,
     Correspondence,
     InvarianceCurves,
     ReceptiveField,
@@ -99,6 +100,7 @@ __all__ = [
     "insertion_auc",
     "model_randomization",
     "class_sensitivity",
+    "score_methods",
     # network dissection
     "dissect",
     "Dissection",

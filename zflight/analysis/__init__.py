@@ -10,7 +10,8 @@ Plain PyTorch (and :mod:`zflight.attribution`), no Lightning, no argparse, no dr
 - explanation scores: :func:`pointing_game`, :func:`relevance_mass`, :func:`relevance_rank`,
   :func:`deletion_auc`, :func:`insertion_auc` (is a map on the object? does removing what it
   points at change the output?) and the sanity checks :func:`model_randomization`,
-  :func:`class_sensitivity` (Adebayo et al., 2018);
+  :func:`class_sensitivity` (Adebayo et al., 2018); :func:`score_methods` scores every
+  method of the registry with all of them at once;
 - network dissection: :func:`dissect` labels each unit with the concept its strongest
   activations overlap most (Bau et al., 2017).
 
@@ -41,6 +42,7 @@ from zflight.analysis.evaluation import (
     relevance_mass,
     relevance_rank,
 )
+from zflight.analysis.explanations import METRICS, ScoreTable, score_methods
 from zflight.analysis.invariance import InvarianceCurves, invariance_curves
 from zflight.analysis.occlusion import occlusion_analysis
 from zflight.analysis.sanity import (
@@ -82,6 +84,9 @@ __all__ = [
     "RandomizationResult",
     "class_sensitivity",
     "ClassSensitivity",
+    "score_methods",
+    "ScoreTable",
+    "METRICS",
     "dissect",
     "Dissection",
     "LayerDissection",

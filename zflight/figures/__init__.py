@@ -3,7 +3,9 @@
 - :mod:`zflight.figures.grids`: the projection display rule (:func:`normalize_projection`), the
   paper's Fig. 2 panels, Fig. 4 evolution grids, filter grids, and the PNG / figure writers;
 - :mod:`zflight.figures.occlusion`: the paper's Fig. 7 from an
-  :class:`~zflight.OcclusionMaps`.
+  :class:`~zflight.OcclusionMaps`;
+- :mod:`zflight.figures.evaluation`: explanation maps beside the object masks, deletion
+  curves, sanity-check curves.
 
 Tensor pictures are float ``[3, H, W]`` in [0, 1], what ``SummaryWriter.add_image`` takes.
 """
@@ -18,6 +20,7 @@ from zflight.figures.grids import (
     to_uint8,
     top_activation_panel,
 )
+from zflight.figures.evaluation import evaluation_figure, sanity_figure
 from zflight.figures.occlusion import occlusion_figure
 
 __all__ = [
@@ -26,6 +29,8 @@ __all__ = [
     "evolution_grid",
     "filter_grid",
     "occlusion_figure",
+    "evaluation_figure",
+    "sanity_figure",
     "to_uint8",
     "save_png",
     "save_figure",
