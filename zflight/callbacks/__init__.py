@@ -7,6 +7,9 @@
 - :class:`FilterGrid`: the first layer's filters, TensorBoard ``filters/<layer>``;
 - :class:`OcclusionFigures`: the paper's Fig. 7 for fixed validation images, ``occlusion/<index>``;
 - :class:`InvarianceFigures`: the paper's Fig. 5 curves, ``invariance``;
+- :class:`UnitLabels`: Network Dissection at chosen epochs: detectors and unique concepts per
+  layer (scalars ``dissect/<layer>/detectors``, ``dissect/<layer>/unique``), the labelled
+  panel ``dissect/<layer>``, and the labels the panels and evolution figures then show;
 - :class:`RandomState`: no figure: the global random state in every checkpoint, so that a run
   resumed with ``--ckpt_path last`` ends as the uninterrupted run would (``python -m zflight fit``
   always adds it; see ``docs/resume.md``).
@@ -19,6 +22,7 @@ PNG copies go to ``<log_dir>/figures/``. In a config::
           init_args: {layers: [conv1, conv2, conv5], maps: 8}
 """
 
+from zflight.callbacks.dissection import UnitLabels
 from zflight.callbacks.evolution import PAPER_EPOCHS, FeatureEvolution
 from zflight.callbacks.explanations import ExplanationScores
 from zflight.callbacks.invariance import InvarianceFigures
@@ -33,6 +37,7 @@ __all__ = [
     "OcclusionFigures",
     "InvarianceFigures",
     "ExplanationScores",
+    "UnitLabels",
     "RandomState",
     "PAPER_EPOCHS",
     "PAPER_LAYERS",

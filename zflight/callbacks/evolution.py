@@ -32,8 +32,10 @@ from zflight.callbacks._common import (
     _subset,
     _target_model,
 )
+from zflight.callbacks.dissection import latest_dissection
 from zflight.callbacks.panels import PAPER_LAYERS
 from zflight.figures import evolution_grid, normalize_projection, save_png
+from zflight.figures.dissection import unit_caption
 
 __all__ = ["FeatureEvolution", "PAPER_EPOCHS"]
 
@@ -52,7 +54,9 @@ class FeatureEvolution(_EpochEndCallback):
     TensorBoard as ``evolution/<layer>`` at the global step, and written to
     ``<log_dir>/figures/evolution_<layer>.png`` (overwritten, so the file is always the latest).
     At the end of training, a last column is added for the final epoch if it was not scheduled
-    (``final=True``), and the figures are written once more.
+    (``final=True``), and the figures are written once more. With a
+    :class:`~zflight.callbacks.UnitLabels` callback in the trainer, each row is labelled with its
+    unit's concept and IoU from the latest dissection (``unit 12 · object/ring 0.21``).
 
     Epochs beyond ``max_epochs`` simply never come. The state (epochs done, chosen maps, the
     columns, stored as display-ready uint8 tiles) is saved in checkpoints, so a run resumed
@@ -159,16 +163,20 @@ class FeatureEvolution(_EpochEndCallback):
         if not trainer.is_global_zero:
             return
         for name in self.layers:
-            grid = self.figure(name)
+            # A UnitLabels callback's latest dissection, if any, labels the rows.
+            grid = self.figure(name, latest_dissection(trainer, name))
             save_png(grid, folder / f"evolution_{_file_part(name)}.png")
             if tensorboard:
                 _log_image(trainer, f"evolution/{name}", grid, trainer.global_step)
 
-    def figure(self, layer: str) -> torch.Tensor:
+    def figure(self, layer: str, dissection: Any = None) -> torch.Tensor:
         """Return the evolution figure of ``layer`` so far: rows = maps, columns = epochs.
 
         Args:
             layer: one of ``layers``.
+            dissection: a :class:`~zflight.analysis.Dissection` of ``layer``: each row's label
+                then carries the unit's label and IoU (``unit 12 · object/ring 0.21``); during
+                training, the latest of a :class:`~zflight.callbacks.UnitLabels` callback.
 
         Returns:
             A float ``[3, H, W]`` image in [0, 1], the epochs written above the columns.
@@ -183,7 +191,7 @@ class FeatureEvolution(_EpochEndCallback):
         return evolution_grid(
             [_displayed(col[layer]) for _, col in self._columns],
             labels=[f"epoch {e}" for e, _ in self._columns],
-            row_labels=[f"unit {c}" for c in self._channels[layer]],
+            row_labels=[unit_caption(layer, c, dissection, prefix=f"unit {c}") for c in self._channels[layer]],
             title=f"{layer}: strongest activation per epoch",
             normalize=False,
         )
