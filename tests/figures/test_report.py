@@ -110,7 +110,7 @@ def test_missing_labels_scores_and_images_say_not_computed():
     assert "No validation images" in page
     page = render_html(_content())
     assert "Data-set-wide explanation scores: not computed. Run evaluate." in page
-    assert "<th>deletion_auc ↓</th>" in page and "<td>0.250</td>" in page
+    assert "<th>deletion auc ↓</th>" in page and "<td>0.250</td>" in page
 
 
 def test_the_page_names_no_host_and_links_only_relative_files():

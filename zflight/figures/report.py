@@ -536,7 +536,8 @@ def _images(content: ReportContent) -> str:
     rows = []
     for im in content.images:
         if im.scores:
-            head = "".join(f"<th>{e(m)} {'↑' if content.higher_is_better.get(m, True) else '↓'}</th>"
+            # Metric names with spaces, so the header wraps instead of widening the table.
+            head = "".join(f"<th>{e(m.replace('_', ' '))} {'↑' if content.higher_is_better.get(m, True) else '↓'}</th>"
                            for m in content.metrics)
             body = "".join(
                 f"<tr><th>{e(method)}</th>" + "".join(f"<td>{_num(s.get(m))}</td>" for m in content.metrics) + "</tr>"
@@ -566,7 +567,7 @@ def _summary_table(content: ReportContent) -> str:
     if not content.summary_scores:
         return f'<p class="missing">Data-set-wide explanation scores: not computed. {e(content.summary_note)}</p>'
     metrics = list(next(iter(content.summary_scores.values())))
-    head = "".join(f"<th>{e(m)}</th>" for m in metrics)
+    head = "".join(f"<th>{e(m.replace('_', ' '))}</th>" for m in metrics)
     body = "".join(
         f"<tr><th>{e(method)}</th>"
         + "".join(f"<td>{_num(s[m].get('mean'))} ± {_num(s[m].get('sem'))}</td>" for m in metrics)
