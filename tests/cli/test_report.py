@@ -213,6 +213,7 @@ def test_evolution_stored_score_dissection_file_scores_file_and_an_empty_log_dir
           "--images", "1", "--log_dir", str(tmp_path / "run"), "--dissection", str(tmp_path / "dissection.json"),
           "--scores", str(tmp_path / "scores.json")])
     page = (out / "index.html").read_text()
+    assert re.findall(r'class="card" href="#(conv\d/\d+)"', page) == [f"conv{i}/{u}" for i in (1, 2) for u in range(3)]
     assert (out / "units/conv1/0_evolution.png").is_file() and (out / "units/conv1/2_evolution.png").is_file()
     assert not (out / "units/conv1/1_evolution.png").exists()
     assert "the run tracked units 0, 2 of conv1, not this one" in page

@@ -60,6 +60,7 @@ from typing import Any
 
 import torch
 
+from zflight.callbacks.panels import PAPER_LAYERS
 from zflight.cli._common import (
     AnalysisError,
     ArgumentParser,
@@ -74,8 +75,6 @@ from zflight.cli._common import (
 )
 
 __all__ = ["main"]
-
-_PAPER_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -108,7 +107,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--ckpt_path", required=True, help="checkpoint written by `python -m zflight fit`")
     p.add_argument("--out", required=True, help="output folder (written whole, or not at all)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--layers", nargs="+", default=list(_PAPER_LAYERS),
+    p.add_argument("--layers", nargs="+", default=list(PAPER_LAYERS),
                    help="layers (default: conv1 … conv5)")
     p.add_argument("--units", type=int, default=None,
                    help="units per layer: the first N channels (default: all)")
@@ -179,7 +178,8 @@ def _run(args: argparse.Namespace) -> Path:
         bar.close()
     index = out / "index.html"
     stages = ", ".join(f"{k} {v:.1f}" for k, v in bar.seconds.items())
-    print(f"zflight report: {n_units} units, {args.images} images in {time.perf_counter() - started:.1f} s "
+    images = f"{args.images} image{'' if args.images == 1 else 's'}"
+    print(f"zflight report: {n_units} units, {images} in {time.perf_counter() - started:.1f} s "
           f"(seconds: {stages})", flush=True)
     print(f"open {index.resolve().as_uri()}", flush=True)
     return index
@@ -383,7 +383,7 @@ def _dissection(
     doc: dict[str, Any] | None, bar: _Progress,
 ) -> tuple[dict[str, dict[int, tuple[str, float, bool]]], str, dict[str, str]]:
     """``({layer: {unit: (label, iou, detector)}}, a line on where they come from, per-layer notes)``."""
-    from zflight.analysis.dissection import Dissection, dissect
+    from zflight.analysis.dissection import ConceptSubset, Dissection, dissect
 
     if doc is not None:
         try:
@@ -401,7 +401,8 @@ def _dissection(
     else:
         n = min(args.dissect_images, len(dataset))
         bar.stage("dissection")
-        result = dissect(model, _FirstImages(dataset, n), list(modules), batch_size=args.batch_size, progress=True)
+        result = dissect(model, ConceptSubset(dataset, range(n)), list(modules), batch_size=args.batch_size,
+                         progress=True)
         line = (f"computed here (Network Dissection) on the first {n} validation images: quantile "
                 f"{result.quantile}, IoU threshold {result.iou_threshold}, {len(result.concepts)} concepts")
     labels: dict[str, dict[int, tuple[str, float, bool]]] = {}
@@ -417,24 +418,6 @@ def _dissection(
             raise AnalysisError(f"--dissection: {name} has {ld.num_units} units there, fewer than this checkpoint's")
         labels[name] = {u: (ld.labels[u], float(ld.best_iou[u]), bool(ld.detectors[u])) for u in channels[name]}
     return labels, line, notes
-
-
-class _FirstImages(torch.utils.data.Dataset):
-    """The first ``n`` images of a concept data set, with its ``concepts`` and ``concept_masks``."""
-
-    def __init__(self, dataset: Any, n: int) -> None:
-        self.dataset, self.n, self.concepts = dataset, n, dataset.concepts
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Any:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.dataset[i]
-
-    def concept_masks(self, i: int) -> Any:
-        return self.dataset.concept_masks(i)
 
 
 def _evolution_state(ckpt: dict[str, Any], log_dir: Path | None) -> tuple[dict[str, Any] | None, str]:
