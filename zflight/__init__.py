@@ -36,11 +36,14 @@ from zflight.analysis import (
 from zflight.attribution import DeconvNet, GuidedBackprop, OcclusionMaps, occlusion_maps
 from zflight.checkpoint import load_classifier
 from zflight.callbacks import (
+    ExplanationScores,
     FeatureEvolution,
     FilterGrid,
     InvarianceFigures,
     OcclusionFigures,
+    RandomState,
     TopActivationPanels,
+    UnitLabels,
 )
 from zflight.data import (
     ConceptFolder,
@@ -76,6 +79,9 @@ __all__ = [
     "FilterGrid",
     "OcclusionFigures",
     "InvarianceFigures",
+    "ExplanationScores",
+    "UnitLabels",
+    "RandomState",
     # attribution
     "DeconvNet",
     "GuidedBackprop",

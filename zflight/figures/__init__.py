@@ -5,7 +5,9 @@
 - :mod:`zflight.figures.occlusion`: the paper's Fig. 7 from an
   :class:`~zflight.OcclusionMaps`;
 - :mod:`zflight.figures.evaluation`: explanation maps beside the object masks, deletion
-  curves, sanity-check curves.
+  curves, sanity-check curves;
+- :mod:`zflight.figures.report`: the unit explorer, a static HTML site
+  (``python -m zflight report``).
 
 Tensor pictures are float ``[3, H, W]`` in [0, 1], what ``SummaryWriter.add_image`` takes.
 """
@@ -22,6 +24,7 @@ from zflight.figures.grids import (
 )
 from zflight.figures.evaluation import evaluation_figure, sanity_figure
 from zflight.figures.occlusion import occlusion_figure
+from zflight.figures.report import ReportContent, render_html, write_site
 
 __all__ = [
     "normalize_projection",
@@ -31,6 +34,9 @@ __all__ = [
     "occlusion_figure",
     "evaluation_figure",
     "sanity_figure",
+    "ReportContent",
+    "render_html",
+    "write_site",
     "to_uint8",
     "save_png",
     "save_figure",
