@@ -30,6 +30,7 @@ __all__ = [
     "ResumableSampler",
     "ResumableLoader",
     "SeededSamples",
+    "LoaderPosition",
     "sample_seed",
 ]
 
@@ -178,7 +179,37 @@ class ResumableSampler(DistributedSampler):
             yield (index, sample_seed(self.seed, self.epoch, index)) if self.seed_samples else index
 
 
-class ResumableLoader(DataLoader):
+class LoaderPosition:
+    """The position of a training loader in its epoch, saved and restored: one mechanism for
+    :class:`ResumableLoader` and the packed ImageNet module's loader.
+
+    A class using it has ``sampler`` (a :class:`ResumableSampler`), counts the batches of the
+    current pass it handed out in ``_handed_out``, and has ``__len__`` (batches per epoch).
+    Lightning stores ``state_dict()`` in each checkpoint and gives it back to
+    :meth:`load_state_dict` of the resumed run's loader (see ``docs/resume.md``).
+    """
+
+    sampler: Any
+    _handed_out: int
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches"}``: the sampler's epoch and the batches of it handed out so far."""
+        return {"epoch": int(self.sampler.epoch), "batches": self.sampler.start_batch + self._handed_out}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Continue after the batches ``state_dict`` counts (the next epoch if it was complete)."""
+        epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])
+        if batches >= len(self):  # type: ignore[arg-type]
+            # The epoch was finished: the next pass is the next epoch's, from its start. Set the
+            # epoch now: with workers, the iterator draws its first indices when it is created,
+            # before Lightning calls set_epoch.
+            self.sampler.set_epoch(epoch + 1)
+            return
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip(epoch, batches)
+
+
+class ResumableLoader(LoaderPosition, DataLoader):
     """A DataLoader over a :class:`ResumableSampler` that Lightning saves and restores mid-epoch.
 
     Lightning stores ``state_dict()`` of every training loader that has one in each checkpoint
@@ -210,21 +241,6 @@ class ResumableLoader(DataLoader):
         self.sampler.start_batch = 0  # set again by the sampler when its pass starts
         return _Counted(super().__iter__(), self)
 
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch", "batches"}``: the sampler's epoch and the batches of it handed out so far."""
-        return {"epoch": int(self.sampler.epoch), "batches": self.sampler.start_batch + self._handed_out}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Continue after the batches ``state_dict`` counts (the next epoch if it was complete)."""
-        epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])
-        if batches >= len(self):
-            # The epoch was finished: the next pass is the next epoch's, from its start. Set the
-            # epoch now: with workers, the iterator draws its first indices when it is created,
-            # before Lightning calls set_epoch.
-            self.sampler.set_epoch(epoch + 1)
-            return
-        self.sampler.set_epoch(epoch)
-        self.sampler.skip(epoch, batches)
 
 
 class _Counted(Iterator[Any]):

@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from zflight.data._index import check_index
+
 from zflight.data.datamodules import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -273,16 +275,7 @@ class ConceptFolder(Dataset):
 
     # ---------------------------------------------------------------------------------- internals
     def _check_index(self, index: int) -> int:
-        if isinstance(index, torch.Tensor) and index.numel() == 1:
-            index = int(index.item())
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an int, got {type(index).__name__}")
-        i = int(index)
-        if i < 0:
-            i += len(self.names)
-        if not 0 <= i < len(self.names):
-            raise IndexError(f"index {index} out of range for ConceptFolder of {len(self.names)} images")
-        return i
+        return check_index(index, len(self.names), f"ConceptFolder of {len(self.names)} images")
 
     @staticmethod
     def _read_mask(path: Path) -> np.ndarray:

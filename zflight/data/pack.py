@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torchvision import transforms as T
 
 from zflight.data.datamodules import ImageFolderDataModule, UnreadableImageError, _list_images, _load_rgb

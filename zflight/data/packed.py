@@ -22,7 +22,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from zflight.data._base import ClassificationDataModule
+from zflight.data._base import ClassificationDataModule, LoaderPosition
 from zflight.data.datamodules import IMAGENET_MEAN, IMAGENET_STD, _check_int
 from zflight.data.pack import read_manifest
 
@@ -245,7 +245,7 @@ class PackedSampler:
             yield self.rows[pos], top, left, flip
 
 
-class PackedLoader:
+class PackedLoader(LoaderPosition):
     """Iterable of :class:`PackedBatch` (or of ``(x, y)`` with a ``transform``) from one split of a pack.
 
     Worker threads read each batch's rows into a fresh (pinned, when ``pin_memory``) tensor: one
@@ -292,23 +292,6 @@ class PackedLoader:
 
     def __len__(self) -> int:
         return len(self.sampler)
-
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch", "batches"}``: the sampler's epoch and the batches of it handed out so far.
-
-        Lightning stores it in each checkpoint and gives it back to :meth:`load_state_dict` of
-        the resumed run's loader (see ``docs/resume.md``).
-        """
-        return {"epoch": int(self.sampler.epoch), "batches": self.sampler.start_batch + self._handed_out}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Continue after the batches ``state_dict`` counts (the next epoch if it was complete)."""
-        epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])
-        if batches >= len(self):
-            self.sampler.set_epoch(epoch + 1)
-            return
-        self.sampler.set_epoch(epoch)
-        self.sampler.skip(epoch, batches)
 
     def _gather(self, plan: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], fd: int | None) -> Any:
         rows, top, left, flip = plan

@@ -30,6 +30,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from zflight.data._index import check_index
+
 __all__ = ["CLASSES", "COLOR_NAMES", "PART_RADIUS", "SHAPES_MEAN", "SHAPES_STD", "ShapesDataset", "color_name"]
 
 #: Class names, in label order.
@@ -508,16 +510,7 @@ class ShapesDataset(Dataset):
 
     # ---------------------------------------------------------------------------------- internals
     def _check_index(self, index: int) -> int:
-        if isinstance(index, torch.Tensor) and index.numel() == 1:
-            index = int(index.item())
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an int, got {type(index).__name__}")
-        i = int(index)
-        if i < 0:
-            i += self.num_samples
-        if not 0 <= i < self.num_samples:
-            raise IndexError(f"index {index} out of range for ShapesDataset of {self.num_samples} samples")
-        return i
+        return check_index(index, self.num_samples, f"ShapesDataset of {self.num_samples} samples")
 
     def _make_targets(self) -> list[int]:
         # Row b is a random permutation of the classes for indices [b*k, (b+1)*k). The generator
