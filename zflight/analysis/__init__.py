@@ -32,7 +32,15 @@ from zflight.analysis.correspondence import (
     correspondence_delta,
     keypoint_masks,
 )
-from zflight.analysis.dissection import CONCEPT_FAMILIES, Dissection, LayerDissection, dissect
+from zflight.analysis.dissection import (
+    CONCEPT_FAMILIES,
+    ConceptSubset,
+    Dissection,
+    LayerDissection,
+    UnitExamples,
+    dissect,
+    unit_examples,
+)
 from zflight.analysis.evaluation import (
     PerturbationCurves,
     deletion_auc,
@@ -90,5 +98,8 @@ __all__ = [
     "dissect",
     "Dissection",
     "LayerDissection",
+    "ConceptSubset",
+    "unit_examples",
+    "UnitExamples",
     "CONCEPT_FAMILIES",
 ]

@@ -6,6 +6,8 @@
   :class:`~zflight.OcclusionMaps`;
 - :mod:`zflight.figures.evaluation`: explanation maps beside the object masks, deletion
   curves, sanity-check curves;
+- :mod:`zflight.figures.dissection`: units' top images masked where they fire, captioned with
+  their concept and IoU (Bau et al.'s Fig. 2);
 - :mod:`zflight.figures.report`: the unit explorer, a static HTML site
   (``python -m zflight report``).
 
@@ -22,6 +24,7 @@ from zflight.figures.grids import (
     to_uint8,
     top_activation_panel,
 )
+from zflight.figures.dissection import dissection_panel, unit_caption, unit_label
 from zflight.figures.evaluation import evaluation_figure, sanity_figure
 from zflight.figures.occlusion import occlusion_figure
 from zflight.figures.report import ReportContent, render_html, write_site
@@ -32,6 +35,9 @@ __all__ = [
     "evolution_grid",
     "filter_grid",
     "occlusion_figure",
+    "dissection_panel",
+    "unit_caption",
+    "unit_label",
     "evaluation_figure",
     "sanity_figure",
     "ReportContent",
