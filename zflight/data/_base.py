@@ -31,6 +31,7 @@ __all__ = [
     "ResumableLoader",
     "SeededSamples",
     "LoaderPosition",
+    "SkippablePass",
     "sample_seed",
 ]
 
@@ -104,7 +105,46 @@ class SeededSamples(Dataset):
             random.setstate(py_state)
 
 
-class ResumableSampler(DistributedSampler):
+class SkippablePass:
+    """:meth:`skip` and the start of a pass: one mechanism for :class:`ResumableSampler` and the
+    packed ImageNet module's sampler.
+
+    A class using it has ``epoch`` and sets ``start_batch = 0`` and ``_skip = None`` in
+    ``__init__``; its ``__iter__`` starts at :meth:`_pass_start`.
+    """
+
+    epoch: int
+    start_batch: int
+    _skip: tuple[int, int] | None
+
+    def skip(self, epoch: int, batches: int) -> None:
+        """Start the next pass over ``epoch`` (only that epoch) after its first ``batches`` batches.
+
+        The batches that follow are those of an unbroken pass: their order (and the crops or
+        sample seeds the sampler draws) follow from ``(seed, epoch)`` alone.
+
+        Args:
+            epoch: the epoch that was interrupted.
+            batches: batches of it already trained on.
+
+        Raises:
+            ValueError: a negative ``epoch`` or ``batches``.
+        """
+        if epoch < 0 or batches < 0:
+            raise ValueError(f"epoch and batches must be >= 0, got epoch={epoch}, batches={batches}")
+        self._skip = (int(epoch), int(batches))
+
+    def _pass_start(self, batches: int) -> int:
+        """The first batch of the pass now starting (of ``batches`` in the epoch); consumes the skip."""
+        start = 0
+        if self._skip is not None and self._skip[0] == self.epoch:
+            start = min(self._skip[1], batches)
+        self._skip = None  # a skip is for one pass: the next epoch starts from its beginning
+        self.start_batch = start
+        return start
+
+
+class ResumableSampler(SkippablePass, DistributedSampler):
     """The training order of one process, a function of ``(seed, epoch)``, resumable mid-epoch.
 
     It is PyTorch's :class:`~torch.utils.data.DistributedSampler` (each epoch a permutation
@@ -154,27 +194,9 @@ class ResumableSampler(DistributedSampler):
         self.start_batch = 0
         self._skip: tuple[int, int] | None = None
 
-    def skip(self, epoch: int, batches: int) -> None:
-        """Start the next pass over ``epoch`` (only that epoch) after its first ``batches`` batches.
-
-        Args:
-            epoch: the epoch that was interrupted.
-            batches: batches of it already trained on.
-
-        Raises:
-            ValueError: a negative ``epoch`` or ``batches``.
-        """
-        if epoch < 0 or batches < 0:
-            raise ValueError(f"epoch and batches must be >= 0, got epoch={epoch}, batches={batches}")
-        self._skip = (int(epoch), int(batches))
-
     def __iter__(self) -> Iterator[Any]:
         indices = list(super().__iter__())  # the whole epoch's order, as the sampler draws it
-        start = 0
-        if self._skip is not None and self._skip[0] == self.epoch:
-            start = min(self._skip[1], -(-len(indices) // self.batch_size))
-        self._skip = None  # a skip is for one pass: the next epoch starts from its beginning
-        self.start_batch = start
+        start = self._pass_start(-(-len(indices) // self.batch_size))
         for index in indices[start * self.batch_size :]:
             yield (index, sample_seed(self.seed, self.epoch, index)) if self.seed_samples else index
 

@@ -22,7 +22,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from zflight.data._base import ClassificationDataModule, LoaderPosition
+from zflight.data._base import ClassificationDataModule, LoaderPosition, SkippablePass
 from zflight.data.datamodules import IMAGENET_MEAN, IMAGENET_STD, _check_int
 from zflight.data.pack import read_manifest
 
@@ -123,7 +123,7 @@ def _ten_crop_offsets(size: int, crop: int) -> tuple[np.ndarray, np.ndarray, np.
     return top, left, flip
 
 
-class PackedSampler:
+class PackedSampler(SkippablePass):
     """Which pack rows, and which crop of each, one process reads per batch in one epoch.
 
     Each epoch draws, from ``(seed, epoch)`` alone, one permutation of all kept rows and each row's
@@ -188,23 +188,6 @@ class PackedSampler:
         """Use the permutation and crops of ``epoch`` from the next iteration on."""
         self.epoch = int(epoch)
 
-    def skip(self, epoch: int, batches: int) -> None:
-        """Start the next pass over ``epoch`` (only that epoch) after its first ``batches`` batches.
-
-        The order and the crops of the batches that follow are those of an unbroken pass: all
-        are drawn from ``(seed, epoch)`` before the first batch.
-
-        Args:
-            epoch: the epoch that was interrupted.
-            batches: batches of it already trained on.
-
-        Raises:
-            ValueError: a negative ``epoch`` or ``batches``.
-        """
-        if epoch < 0 or batches < 0:
-            raise ValueError(f"epoch and batches must be >= 0, got epoch={epoch}, batches={batches}")
-        self._skip = (int(epoch), int(batches))
-
     @property
     def num_samples(self) -> int:
         """Samples this process reads per epoch (all ranks read the same number)."""
@@ -226,11 +209,7 @@ class PackedSampler:
         total = self.num_samples * self.world_size
         order = np.concatenate([order, order[: total - n]]) if total > n else order
         mine = order[self.rank : total : self.world_size]
-        start = 0
-        if self._skip is not None and self._skip[0] == self.epoch:
-            start = min(self._skip[1], len(self))
-        self._skip = None  # a skip is for one pass: the next epoch starts from its beginning
-        self.start_batch = start
+        start = self._pass_start(len(self))
         for b in range(start, len(self)):
             pos = np.sort(mine[b * self.batch_size : (b + 1) * self.batch_size])  # rows ascend with pos
             k = len(pos)
