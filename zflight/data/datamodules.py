@@ -38,6 +38,13 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+def _mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A data module's ``mean`` and ``std`` as float tuples: 3 values each, every std > 0."""
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise ValueError(f"mean and std need 3 values each, std > 0; got mean={mean!r}, std={std!r}")
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 class _RandomHFlip:
     """Horizontal flip of a ``[..., H, W]`` tensor with probability 0.5 (picklable, no PIL)."""
 
@@ -297,8 +304,7 @@ class ImageFolderDataModule(SplitDataModule):
             raise ValueError(f"test_crops must be 1 or 10, got {test_crops!r}")
         _check_int("batch_size", batch_size, 1)
         _check_int("num_workers", num_workers, 0)
-        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-            raise ValueError(f"mean and std need 3 values each, std > 0; got mean={mean!r}, std={std!r}")
+        self._mean, self._std = _mean_std(mean, std)
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -313,7 +319,6 @@ class ImageFolderDataModule(SplitDataModule):
         self.resize, self.crop_size, self.test_crops, self.test_split = resize, crop_size, test_crops, test_split
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers, self.skip_corrupt = pin_memory, persistent_workers, skip_corrupt
-        self._mean, self._std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
     def _to_tensor(self) -> T.Compose:
         return T.Compose([T.ToTensor(), T.Normalize(self._mean, self._std)])

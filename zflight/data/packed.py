@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from zflight.data._base import ClassificationDataModule, LoaderPosition, SkippablePass
-from zflight.data.datamodules import IMAGENET_MEAN, IMAGENET_STD, _check_int
+from zflight.data.datamodules import IMAGENET_MEAN, IMAGENET_STD, _check_int, _mean_std
 from zflight.data.pack import read_manifest
 
 __all__ = ["PackedImageNetDataModule", "PackedBatch", "PackedLoader", "PackedSampler", "crop_flip_normalize"]
@@ -406,8 +406,7 @@ class PackedImageNetDataModule(ClassificationDataModule):
         _check_int("seed", seed, 0)
         if test_crops not in (1, 10):
             raise ValueError(f"test_crops must be 1 or 10, got {test_crops!r}")
-        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-            raise ValueError(f"mean and std need 3 values each, std > 0; got mean={mean!r}, std={std!r}")
+        self._mean, self._std = _mean_std(mean, std)
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         self.manifest = read_manifest(self.root)
@@ -427,7 +426,6 @@ class PackedImageNetDataModule(ClassificationDataModule):
         self.device_augment, self.num_workers, self.prefetch = device_augment, num_workers, prefetch
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.drop_last, self.seed = drop_last, seed
-        self._mean, self._std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self._splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     @property
