@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zflight.attribution._layers import (
     LayerNotReachedError,
-    _StopForward,
+    forward_until,
     preserve_modes,
     resolve_layer,
 )
@@ -1021,23 +1021,9 @@ def _capture(
     """Run ``model`` until every module in ``modules`` has run; their outputs, in order.
 
     A module called twice keeps its first output (as ``forward_to`` does); hooks are removed
-    even when the forward raises.
+    even when the forward raises (:func:`~zflight.attribution._layers.forward_until`).
     """
-    captured: dict[int, torch.Tensor] = {}
-
-    def hook(module: nn.Module, _inp: Any, out: Any) -> None:
-        captured.setdefault(id(module), out)
-        if len(captured) == len(modules):
-            raise _StopForward
-
-    handles = [m.register_forward_hook(hook) for m in set(modules)]
-    try:
-        model(images)
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    captured = forward_until(model, modules, images)
     outs = []
     for key, m in zip(keys, modules):
         if id(m) not in captured:

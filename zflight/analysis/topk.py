@@ -21,7 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from zflight.attribution._layers import forward_to, preserve_modes, resolve_layer
+from zflight.attribution._layers import (
+    forward_to,
+    forward_until,
+    preserve_modes,
+    resolve_layer,
+)
 
 __all__ = ["TopActivations", "top_activations", "top_activation_crops"]
 
@@ -242,29 +247,11 @@ def _ranking_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-class _StopForward(Exception):
-    """Raised by a hook once every requested layer has run: later layers are skipped."""
-
-
 def _forward_capture(model: nn.Module, modules: list[nn.Module], inputs: torch.Tensor) -> list[torch.Tensor]:
     """Run ``model`` until every module in ``modules`` has run; return their outputs in order."""
     if len(modules) == 1:
         return [forward_to(model, modules[0], inputs)]
-    captured: dict[int, torch.Tensor] = {}
-
-    def hook(module: nn.Module, _inp: Any, out: Any) -> None:
-        captured.setdefault(id(module), out)
-        if len(captured) == len(modules):
-            raise _StopForward
-
-    handles = [m.register_forward_hook(hook) for m in modules]
-    try:
-        model(inputs)
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    captured = forward_until(model, modules, inputs)
     missing = [i for i, m in enumerate(modules) if id(m) not in captured]
     if missing:
         # Name them the way forward_to does (it raises LayerNotReachedError).

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["resolve_layer", "forward_to", "layer_outputs", "LayerNotReachedError", "preserve_modes"]
+__all__ = ["resolve_layer", "forward_to", "forward_until", "layer_outputs", "LayerNotReachedError", "preserve_modes"]
 
 
 class LayerNotReachedError(ValueError):
@@ -81,31 +81,44 @@ def forward_to(
     Raises:
         LayerNotReachedError: the forward pass ended without calling ``layer``.
     """
-    captured: list[torch.Tensor] = []
-
-    def hook(_module: nn.Module, _inp: Any, out: Any) -> None:
-        captured.append(out)
-        raise _StopForward
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        args = _as_tuple(additional_forward_args)
-        model(inputs, *args)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
+    captured = forward_until(model, [layer], inputs, *_as_tuple(additional_forward_args))
+    if id(layer) not in captured:
         raise LayerNotReachedError(
             f"layer {type(layer).__name__} was never called in the forward pass of "
             f"{type(model).__name__}"
         )
-    out = captured[0]
+    out = captured[id(layer)]
     if not isinstance(out, torch.Tensor):
         raise TypeError(
             f"layer {type(layer).__name__} returns {type(out).__name__}, not a tensor"
         )
     return out
+
+
+def forward_until(model: nn.Module, modules: Sequence[nn.Module], *args: Any) -> dict[int, Any]:
+    """Run ``model(*args)`` until every module in ``modules`` has run; their outputs by ``id``.
+
+    Later layers are not run. A module called twice keeps its first output; one never called
+    is missing from the result (the caller names it). The hooks are removed even when the
+    forward raises. :func:`forward_to` is this for one layer, with its checks.
+    """
+    wanted = {id(m): m for m in modules}
+    captured: dict[int, Any] = {}
+
+    def hook(module: nn.Module, _inp: Any, out: Any) -> None:
+        captured.setdefault(id(module), out)
+        if len(captured) == len(wanted):
+            raise _StopForward
+
+    handles = [m.register_forward_hook(hook) for m in wanted.values()]
+    try:
+        model(*args)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
 
 
 def layer_outputs(
