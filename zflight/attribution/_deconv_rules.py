@@ -106,14 +106,12 @@ class _RectifiedBackward(_SameForward):
         return torch.relu(grad), None
 
 
-class _GuidedBackward(torch.autograd.Function):
+class _GuidedBackward(_SameForward):
     """Forward: the original ReLU call. Backward: ``grad`` where ``grad > 0`` and ``out > 0``."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, call: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-        out = call(x)
-        if out is x:
-            ctx.mark_dirty(x)
+        out = _SameForward.forward(ctx, x, call)
         # The sign pattern, not ``out`` itself: a later in-place op on ``out`` (a residual
         # ``+=``) must not change which units passed, nor trip autograd's version check.
         ctx.save_for_backward(out > 0)
