@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from zflight.attribution._args import per_image_ints
+from zflight.attribution._args import check_inputs, per_image_ints
 from zflight.attribution._layers import preserve_modes
 
 __all__ = [
@@ -315,13 +315,7 @@ def perturbation_curves(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    if inputs.dim() != 4 or not inputs.is_floating_point():
-        raise ValueError(
-            f"inputs must be a floating [N, C, H, W] batch, got {inputs.dtype} of shape "
-            f"{tuple(inputs.shape)}"
-        )
+    check_inputs(inputs, not_tensor=TypeError)
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     _check_positive_int("steps", steps)

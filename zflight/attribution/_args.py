@@ -1,7 +1,8 @@
 """Per-image integer arguments (``channels``, ``target``, ``targets``): one parser for all of them.
 
 Every attribution and analysis function that takes "a class (or a channel) per image" accepts
-the same forms and says the same things when they are wrong, because they come from here.
+the same forms and says the same things when they are wrong, because they come from here. Also
+the check of an ``inputs`` batch that methods and metrics share.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["per_image_ints"]
+__all__ = ["check_inputs", "per_image_ints"]
 
 
 def per_image_ints(value: int | Sequence[int] | torch.Tensor, n: int, name: str) -> torch.Tensor:
@@ -62,3 +63,23 @@ def per_image_ints(value: int | Sequence[int] | torch.Tensor, n: int, name: str)
             "or one int for all"
         )
     return ints
+
+
+def check_inputs(inputs: torch.Tensor, *, not_tensor: type[Exception] = ValueError) -> None:
+    """Raise unless ``inputs`` is a floating ``[N, C, H, W]`` tensor.
+
+    Args:
+        inputs: the argument as the user gave it.
+        not_tensor: what is raised when it is no tensor at all (the caller's documented type).
+
+    Raises:
+        not_tensor: ``inputs`` is not a :class:`torch.Tensor`.
+        ValueError: not 4-D, or not floating-point.
+    """
+    if not isinstance(inputs, torch.Tensor):
+        raise not_tensor(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if inputs.dim() != 4 or not inputs.is_floating_point():
+        raise ValueError(
+            f"inputs must be a floating [N, C, H, W] batch, got {inputs.dtype} of shape "
+            f"{tuple(inputs.shape)}"
+        )

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from captum.attr import IntegratedGradients, LayerGradCam, Saliency
 from torch import nn
 
-from zflight.attribution._args import per_image_ints
+from zflight.attribution._args import check_inputs, per_image_ints
 from zflight.attribution._guard import preserve_model
 from zflight.attribution._layers import forward_to
 from zflight.attribution.deconvnet import DeconvNet
@@ -226,13 +226,7 @@ def attribute(
         raise ValueError(
             f"method {name!r} does not exist; valid methods: {', '.join(METHODS)}"
         )
-    if not isinstance(inputs, torch.Tensor):
-        raise ValueError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    if inputs.dim() != 4 or not inputs.is_floating_point():
-        raise ValueError(
-            f"inputs must be a floating [N, C, H, W] batch, got {inputs.dtype} of shape "
-            f"{tuple(inputs.shape)}"
-        )
+    check_inputs(inputs)
     tgt = per_image_ints(target, inputs.shape[0], "target").to(inputs.device)
     with preserve_model(model), torch.enable_grad():
         model.eval()
