@@ -48,6 +48,7 @@ __all__ = [
     "load_network",
     "embedded_dataset",
     "pick_images",
+    "checkpoint_arguments",
     "common_arguments",
     "rebuild_data",
     "data_classes",
@@ -322,16 +323,22 @@ def pick_images(dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, tor
     return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
 
-def common_arguments(
-    parser: argparse.ArgumentParser, *, indices: Sequence[int] | None, images: bool = False
-) -> None:
-    """Add ``--ckpt_path``, ``--out``, ``--overwrite``, ``--split`` (and ``--indices``).
-
-    With ``images``, also ``--images`` (image files), mutually exclusive with ``--indices``.
-    """
+def checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--ckpt_path`` (the checkpoint read), ``--out`` and ``--overwrite`` (the folder written)."""
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `python -m zflight fit`")
     parser.add_argument("--out", required=True, help="output folder (written whole, or not at all)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def common_arguments(
+    parser: argparse.ArgumentParser, *, indices: Sequence[int] | None, images: bool = False
+) -> None:
+    """Add ``--ckpt_path``, ``--out``, ``--overwrite`` (:func:`checkpoint_arguments`), ``--split``
+    (and ``--indices``).
+
+    With ``images``, also ``--images`` (image files), mutually exclusive with ``--indices``.
+    """
+    checkpoint_arguments(parser)
     parser.add_argument("--split", default="val", choices=["train", "val", "test"],
                         help="split of the embedded data set the images come from (default: val)")
     src = parser.add_mutually_exclusive_group() if images else parser

@@ -65,6 +65,7 @@ from zflight.cli._common import (
     AnalysisError,
     ArgumentParser,
     check_out,
+    checkpoint_arguments,
     embedded_dataset,
     load_network,
     output_dir,
@@ -104,9 +105,7 @@ def _parser() -> ArgumentParser:
         "dissection label, feature evolution and activation histogram, and the occlusion maps "
         "and explanation scores of validation images. Opens from disk, no server.",
     )
-    p.add_argument("--ckpt_path", required=True, help="checkpoint written by `python -m zflight fit`")
-    p.add_argument("--out", required=True, help="output folder (written whole, or not at all)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    checkpoint_arguments(p)
     p.add_argument("--layers", nargs="+", default=list(PAPER_LAYERS),
                    help="layers (default: conv1 … conv5)")
     p.add_argument("--units", type=int, default=None,
