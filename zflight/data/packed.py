@@ -22,7 +22,12 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from zflight.data._base import ClassificationDataModule, LoaderPosition, SkippablePass
+from zflight.data._base import (
+    ClassificationDataModule,
+    LoaderPosition,
+    SkippablePass,
+    _rank_world,
+)
 from zflight.data.datamodules import IMAGENET_MEAN, IMAGENET_STD, _check_int, _mean_std
 from zflight.data.pack import read_manifest
 
@@ -463,19 +468,11 @@ class PackedImageNetDataModule(ClassificationDataModule):
         if stage in (None, "test", "predict"):
             self._open(self.test_split)
 
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            return trainer.global_rank, trainer.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
     def _loader(self, split: str, mode: CropMode, shuffle: bool, drop_last: bool = False) -> PackedLoader:
         if split not in self._splits:
             raise RuntimeError(f"split {split!r} is not set up yet: call setup() first")
         images, labels, rows = self._splits[split]
-        rank, world = self._rank_world()
+        rank, world = _rank_world(self)
         sampler = PackedSampler(
             rows,
             batch_size=self.batch_size,
