@@ -47,7 +47,13 @@ from typing import Any
 import numpy as np
 from torchvision import transforms as T
 
-from zflight.data.datamodules import ImageFolderDataModule, UnreadableImageError, _list_images, _load_rgb
+from zflight.data.datamodules import (
+    ImageFolderDataModule,
+    UnreadableImageError,
+    _check_int,
+    _list_images,
+    _load_rgb,
+)
 
 __all__ = ["pack", "verify", "read_manifest", "main", "PackVerificationError", "SPLITS", "PACK_FORMAT"]
 
@@ -282,11 +288,6 @@ def _run(fn: Callable[[dict[str, Any]], Any], tasks: list[dict[str, Any]], worke
 
 
 # -------------------------------------------------------------------------------------- pack
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def _plan(src: Path, size: int) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
     """Classes and, per split present in ``src``, the ``(path, label)`` list in row order."""
     # The folder data module decides what a class and an image are, so both paths agree.
