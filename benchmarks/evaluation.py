@@ -125,7 +125,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"\n(a) {args.n_maps} maps of 3x64x64, best of {args.repeats} (Quantus: of "
           f"{max(1, args.repeats // 3)})")
-    print(f"| metric | zflight (s) | Quantus (s) | Quantus / zflight | max abs diff |")
+    print("| metric | zflight (s) | Quantus (s) | Quantus / zflight | max abs diff |")
     print("|---|---|---|---|---|")
     for name, t_ours, t_q, diff in localization(args.n_maps, args.repeats):
         q = f"{t_q:.3f}" if t_q is not None else "n/a"

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from zflight.models import Init, build_model, renormalize_filters

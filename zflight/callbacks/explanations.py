@@ -17,7 +17,6 @@ every zflight callback; see :mod:`zflight.callbacks.panels`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch

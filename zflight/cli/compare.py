@@ -25,7 +25,6 @@ each read for each model as :func:`~zflight.cli._common.load_image_files` reads 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

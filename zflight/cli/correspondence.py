@@ -31,7 +31,6 @@ makes, centered on the points; the random rows are as for data set images.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

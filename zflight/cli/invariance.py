@@ -26,7 +26,6 @@ figure plots the probability of the true label).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

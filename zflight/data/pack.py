@@ -55,7 +55,7 @@ from zflight.data.datamodules import (
     _load_rgb,
 )
 
-__all__ = ["pack", "verify", "read_manifest", "main", "PackVerificationError", "SPLITS", "PACK_FORMAT"]
+__all__ = ["pack", "verify", "read_manifest", "summary", "PackVerificationError", "SPLITS", "PACK_FORMAT"]
 
 #: Splits packed, when ``src/<split>`` exists (``train`` must).
 SPLITS: tuple[str, ...] = ("train", "val")

@@ -317,7 +317,7 @@ def histogram_svg(values: Sequence[float], marked: float | None = None, *, bins:
     span = hi - lo if hi > lo else 1.0
     counts = torch.histc(v, bins=bins, min=lo, max=lo + span).to(torch.int64).tolist()
     top = max(counts) or 1
-    plot_h, axis_h = height - 16, 16
+    plot_h = height - 16  # the bottom 16 px hold the axis labels
     bar_w = width / bins
     # Two paths (ordinary and highlighted bars), not one element per bar: a report holds
     # hundreds of histograms, and the page must stay quick to parse.
