@@ -22,38 +22,12 @@ from zflight.data import (
     UnreadableImageError,
 )
 
+from tests.imagenet_folder import CLASSES, CROP, SIZE, make_folder
+
 # zflight.data.pack is the module (the package does not export the function, which would hide it).
 packmod = importlib.import_module("zflight.data.pack")
 
 ROOT = Path(__file__).resolve().parents[2]
-SIZE, CROP = 56, 48  # the smallest sizes the quarter-width ZFNet accepts, to keep tests fast
-CLASSES = ["cat", "ant", "bee"]  # not sorted on purpose: labels follow the sorted folder names
-
-
-def _make_folder(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
-    """JPEGs of assorted sizes and aspect ratios (40-120 px), smooth enough to compress like photos."""
-    rng = np.random.default_rng(seed)
-    for split, n in per_class.items():
-        for c in CLASSES:
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                w, h = (int(v) for v in rng.integers(40, 121, 2))
-                small = rng.integers(0, 256, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
-                Image.fromarray(small).resize((w, h), Image.BILINEAR).save(d / f"img{i:03d}.JPEG", quality=90)
-    return root
-
-
-@pytest.fixture(scope="module")
-def src(tmp_path_factory) -> Path:
-    return _make_folder(tmp_path_factory.mktemp("imagenet"), {"train": 8, "val": 3})
-
-
-@pytest.fixture(scope="module")
-def packed(src, tmp_path_factory) -> Path:
-    dst = tmp_path_factory.mktemp("pack") / "zf"
-    packmod.pack(src, dst, size=SIZE, workers=0, chunk_size=5, progress=False)
-    return dst
 
 
 def _dm(root: Path, **kwargs) -> PackedImageNetDataModule:
@@ -86,7 +60,7 @@ def test_round_trip_keeps_labels_class_order_and_pil_pixels(src, packed):
 
 
 def test_corrupt_file_is_listed_and_excluded_only_with_skip_corrupt(tmp_path):
-    src = _make_folder(tmp_path / "src", {"train": 3, "val": 1})
+    src = make_folder(tmp_path / "src", {"train": 3, "val": 1})
     bad = src / "train" / "bee" / "broken.JPEG"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(UnreadableImageError) as err:
