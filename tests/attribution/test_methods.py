@@ -149,6 +149,13 @@ def test_integrated_gradients_entry_satisfies_completeness_roughly(model, x):
     torch.testing.assert_close(total, gap, rtol=0.2, atol=0.05 * gap.abs().max().item())
 
 
+def test_random_maps_belong_to_the_image_not_to_its_batch(model, x):
+    both = attribute("random", model, x, TARGET)
+    one_at_a_time = torch.cat([attribute("random", model, x[i : i + 1], TARGET[i : i + 1]) for i in range(len(x))])
+    assert torch.equal(both, one_at_a_time)
+    assert not torch.equal(both[0], both[1])  # two images, two maps
+
+
 def test_random_entry_is_seeded_and_leaves_the_global_rng(model, x):
     state = torch.random.get_rng_state()
     a = attribute("random", model, x, TARGET)

@@ -22,12 +22,15 @@ name                   what it computes
 ``gradcam``            Captum ``LayerGradCam`` of the last ``Conv2d``, ReLU'd, upsampled
                        bilinearly to the input size.
 ``integrated_gradients``  Captum ``IntegratedGradients``, zero baseline, 16 steps.
-``random``             uniform noise in ``[0, 1)``, seeded (seed 0 on the CPU), ``[N, 1, H, W]``:
-                       the baseline every method must beat.
+``random``             uniform noise in ``[0, 1)``, ``[N, 1, H, W]``, each image's from a generator
+                       seeded by the image's bytes (the same map whatever the batch): the
+                       baseline every method must beat.
 =====================  ========================================================================
 """
 
 from __future__ import annotations
+
+import zlib
 
 from collections.abc import Callable, Sequence
 
@@ -136,10 +139,16 @@ def _integrated_gradients(
 
 
 def _random(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    # Its own generator: the same maps every call, and the global RNG is not advanced.
-    gen = torch.Generator().manual_seed(_RANDOM_SEED)
-    n, _, h, w = inputs.shape
-    return torch.rand(n, 1, h, w, generator=gen, dtype=inputs.dtype).to(inputs.device)
+    # Each image's map comes from its own generator, seeded by the image's bytes: the same map
+    # for the same image whatever the batch it is in (scores do not depend on --batch_size),
+    # different maps for different images, and the global RNG is not advanced.
+    _, _, h, w = inputs.shape
+    maps = []
+    for image in inputs.detach().cpu():
+        seed = zlib.crc32(image.contiguous().numpy().tobytes(), _RANDOM_SEED)
+        gen = torch.Generator().manual_seed(seed)
+        maps.append(torch.rand(1, h, w, generator=gen, dtype=inputs.dtype))
+    return torch.stack(maps).to(inputs.device)
 
 
 METHODS: dict[str, Method] = {
