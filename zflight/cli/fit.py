@@ -230,13 +230,29 @@ def main(args: ArgsType = None) -> ZFlightCLI:
     Example:
         >>> main(["fit", "--config", "configs/quickstart.yaml"])  # doctest: +SKIP
     """
-    return ZFlightCLI(
-        ImageClassifier,
-        LightningDataModule,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        parser_class=ZFlightArgumentParser,
-        parser_kwargs={"prog": PROG},
-        args=None if args is None else list(args),  # None: LightningCLI reads sys.argv (no warning)
-    )
+    try:
+        return ZFlightCLI(
+            ImageClassifier,
+            LightningDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            parser_class=ZFlightArgumentParser,
+            parser_kwargs={"prog": PROG},
+            args=None if args is None else list(args),  # None: LightningCLI reads sys.argv (no warning)
+        )
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Destroy the DDP process group, if a run made one, before the interpreter exits.
+
+    Lightning leaves it open after ``fit``; a gloo group still open at interpreter exit can abort
+    a process ("terminate called without an active exception") after the run has finished,
+    and the launcher then kills the other ranks.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
