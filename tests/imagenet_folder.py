@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from zflight.data import PackedBatch, PackedImageNetDataModule
 from zflight.data import pack as packmod
 
 SIZE, CROP = 56, 48  # the smallest sizes the quarter-width ZFNet accepts, to keep tests fast
@@ -42,3 +43,16 @@ def packed(src, tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("pack") / "zf"
     packmod.pack(src, dst, size=SIZE, workers=0, chunk_size=5, progress=False)
     return dst
+
+
+def packed_module(root: Path, **kwargs) -> PackedImageNetDataModule:
+    """The packed data module over ``root`` at the test sizes (``kwargs`` override the defaults)."""
+    kwargs = {"crop_size": CROP, "batch_size": 8, "num_workers": 2, **kwargs}
+    return PackedImageNetDataModule(root, **kwargs)
+
+
+def epoch_batches(dm: PackedImageNetDataModule, epoch: int = 0) -> list[PackedBatch]:
+    """Every training batch of ``epoch``."""
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    return list(loader)

@@ -6,7 +6,6 @@ import importlib
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,6 @@ from tests.imagenet_folder import SIZE
 
 # zflight.data.pack is the module (the package does not export the function, which would hide it).
 packmod = importlib.import_module("zflight.data.pack")
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cli_packs_with_worker_processes_and_verifies(src, packed, tmp_path, capsys):

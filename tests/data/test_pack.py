@@ -6,7 +6,6 @@ import importlib
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,29 +15,15 @@ from torchvision import transforms as T
 
 from zflight.data import (
     ImageFolderDataModule,
-    PackedBatch,
     PackedImageNetDataModule,
     PackVerificationError,
     UnreadableImageError,
 )
 
-from tests.imagenet_folder import CLASSES, CROP, SIZE, make_folder
+from tests.imagenet_folder import CLASSES, CROP, SIZE, make_folder, epoch_batches, packed_module
 
 # zflight.data.pack is the module (the package does not export the function, which would hide it).
 packmod = importlib.import_module("zflight.data.pack")
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _dm(root: Path, **kwargs) -> PackedImageNetDataModule:
-    kwargs = {"crop_size": CROP, "batch_size": 8, "num_workers": 2, **kwargs}
-    return PackedImageNetDataModule(root, **kwargs)
-
-
-def _epoch(dm: PackedImageNetDataModule, epoch: int = 0) -> list[PackedBatch]:
-    loader = dm.train_dataloader()
-    loader.sampler.set_epoch(epoch)
-    return list(loader)
 
 
 # ----------------------------------------------------------------------------------- packing
@@ -79,9 +64,9 @@ def test_corrupt_file_is_listed_and_excluded_only_with_skip_corrupt(tmp_path):
     assert decoded == [str(bad)]  # only the bad file is tried again
     assert manifest["splits"]["train"]["excluded"] == 1 and manifest["splits"]["train"]["count"] == 9
     assert [b["path"] for b in manifest["unreadable"]] == [str(bad)]
-    dm = _dm(tmp_path / "zf", batch_size=4)
+    dm = packed_module(tmp_path / "zf", batch_size=4)
     dm.setup("fit")
-    rows = torch.cat([b.index for b in _epoch(dm)])
+    rows = torch.cat([b.index for b in epoch_batches(dm)])
     bad_row = manifest["unreadable"][0]["index"]
     assert len(rows) == 9 and bad_row not in rows.tolist()
 

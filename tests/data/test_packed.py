@@ -15,13 +15,12 @@ import torch
 
 from zflight.data import (
     ImageFolderDataModule,
-    PackedBatch,
     PackedImageNetDataModule,
     crop_flip_normalize,
 )
 from zflight.data.packed import PackedSampler
 
-from tests.imagenet_folder import CLASSES, CROP, SIZE
+from tests.imagenet_folder import CLASSES, CROP, SIZE, epoch_batches, packed_module
 
 # zflight.data.pack is the module (the package does not export the function, which would hide it).
 packmod = importlib.import_module("zflight.data.pack")
@@ -29,21 +28,10 @@ packmod = importlib.import_module("zflight.data.pack")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _dm(root: Path, **kwargs) -> PackedImageNetDataModule:
-    kwargs = {"crop_size": CROP, "batch_size": 8, "num_workers": 2, **kwargs}
-    return PackedImageNetDataModule(root, **kwargs)
-
-
-def _epoch(dm: PackedImageNetDataModule, epoch: int = 0) -> list[PackedBatch]:
-    loader = dm.train_dataloader()
-    loader.sampler.set_epoch(epoch)
-    return list(loader)
-
-
 def test_eval_and_ten_crops_match_the_folder_data_module(src, packed):
     folder = ImageFolderDataModule(src, resize=SIZE, crop_size=CROP, test_crops=10, num_workers=0)
     folder.setup()
-    dm = _dm(packed, test_crops=10, batch_size=9)
+    dm = packed_module(packed, test_crops=10, batch_size=9)
     dm.setup()
     x_val, y_val = dm.transform_batch(next(iter(dm.val_dataloader())))
     x_test, y_test = dm.transform_batch(next(iter(dm.test_dataloader())))
@@ -58,7 +46,7 @@ def test_eval_and_ten_crops_match_the_folder_data_module(src, packed):
 
 # ------------------------------------------------------------------------------ data module
 def test_data_module_knows_classes_and_sizes_and_names_a_missing_pack(packed, tmp_path):
-    dm = _dm(packed)
+    dm = packed_module(packed)
     assert dm.num_classes == 3 and dm.classes == sorted(CLASSES) and dm.image_size == CROP
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
         PackedImageNetDataModule(tmp_path / "nowhere")
@@ -68,9 +56,9 @@ def test_data_module_knows_classes_and_sizes_and_names_a_missing_pack(packed, tm
 
 def test_training_crops_are_deterministic_under_a_seed_and_change_with_epoch_and_seed(packed):
     def crops(seed: int, epoch: int) -> torch.Tensor:
-        dm = _dm(packed, seed=seed)
+        dm = packed_module(packed, seed=seed)
         dm.setup("fit")
-        return torch.cat([dm.transform_batch(b)[0] for b in _epoch(dm, epoch)])
+        return torch.cat([dm.transform_batch(b)[0] for b in epoch_batches(dm, epoch)])
 
     a = crops(0, 0)
     assert torch.equal(a, crops(0, 0))
@@ -79,9 +67,9 @@ def test_training_crops_are_deterministic_under_a_seed_and_change_with_epoch_and
 
 
 def test_each_sample_gets_its_own_crop_and_flip(packed):
-    dm = _dm(packed, batch_size=24)
+    dm = packed_module(packed, batch_size=24)
     dm.setup("fit")
-    (batch,) = _epoch(dm)
+    (batch,) = epoch_batches(dm)
     # Every sample's own parameters are drawn: the batch mixes flips and offsets.
     assert 0 < int(batch.flip.sum()) < 24 and len(set(batch.top.tolist())) > 1 and len(set(batch.left.tolist())) > 1
     x, y = dm.transform_batch(batch)
@@ -101,10 +89,10 @@ def test_each_sample_gets_its_own_crop_and_flip(packed):
 
 
 def test_cpu_side_augmentation_gives_the_same_batches(packed):
-    gpu_style = _dm(packed, seed=3)
-    cpu_style = _dm(packed, seed=3, device_augment=False)
+    gpu_style = packed_module(packed, seed=3)
+    cpu_style = packed_module(packed, seed=3, device_augment=False)
     gpu_style.setup("fit"), cpu_style.setup("fit")
-    for packed_batch, ready in zip(_epoch(gpu_style), _epoch(cpu_style), strict=True):
+    for packed_batch, ready in zip(epoch_batches(gpu_style), epoch_batches(cpu_style), strict=True):
         x, y = gpu_style.on_after_batch_transfer(packed_batch, 0)
         assert cpu_style.on_after_batch_transfer(ready, 0) is ready
         assert torch.equal(x, ready[0]) and torch.equal(y, ready[1])
