@@ -59,12 +59,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONWARNINGS": "ignore"}
 
 
-def _run_dir(save_dir: Path) -> Path:
+def run_dir(save_dir: Path) -> Path:
+    """The one ``version_*`` folder of the quickstart logger under ``save_dir``."""
     (run,) = sorted((save_dir / "quickstart").glob("version_*"))
     return run
 
 
-def _scalars(run: Path, tag: str) -> dict[int, float]:
+def scalars(run: Path, tag: str) -> dict[int, float]:
     """``{step: value}``, the later value where the killed run and its resumption both logged a step."""
     events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
@@ -75,7 +76,8 @@ def _scalars(run: Path, tag: str) -> dict[int, float]:
     return {step: value for step, (_, value) in sorted(out.items())}
 
 
-def _saved(checkpoint: Path) -> bool:
+def saved(checkpoint: Path) -> bool:
+    """``checkpoint`` is written and so is the ``last.ckpt`` of the same step (saved right after)."""
     last = checkpoint.with_name("last.ckpt")
     try:
         return last.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns
@@ -114,7 +116,7 @@ def main() -> int:
         victim_log = open(work / "killed.log", "w+")  # noqa: SIM115 (closed below)
         victim = subprocess.Popen(_command(broken, args), cwd=work, env=_env(), stdout=victim_log,
                                   stderr=victim_log)
-        while not _saved(marker):
+        while not saved(marker):
             if victim.poll() is not None:
                 victim_log.seek(0)
                 print(f"the run ended before {marker.name}:\n{victim_log.read()[-3000:]}")
@@ -123,7 +125,7 @@ def main() -> int:
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         victim_log.close()
-        killed_at = torch.load(_run_dir(broken) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        killed_at = torch.load(run_dir(broken) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
         print(f"killed (status {victim.returncode}) with last.ckpt at step {killed_at} of {steps}")
         resumed = subprocess.run(_command(broken, args, "--ckpt_path=last"), cwd=work, env=_env(),
                                  capture_output=True, text=True)
@@ -135,12 +137,12 @@ def main() -> int:
             print(err[-3000:] if whole.returncode else resumed.stderr[-3000:])
             return 1
 
-        a, b = _run_dir(straight), _run_dir(broken)
+        a, b = run_dir(straight), run_dir(broken)
         wa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)
         wb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)
         bad_weights = [k for k in wa["state_dict"] if not torch.equal(wa["state_dict"][k], wb["state_dict"].get(k))]
-        val_a, val_b = _scalars(a, "val/acc1"), _scalars(b, "val/acc1")
-        loss_a, loss_b = _scalars(a, "train/loss"), _scalars(b, "train/loss")
+        val_a, val_b = scalars(a, "val/acc1"), scalars(b, "val/acc1")
+        loss_a, loss_b = scalars(a, "train/loss"), scalars(b, "train/loss")
         figures = sorted(p.name for p in (a / "figures").glob("*.png"))
         figures_b = sorted(p.name for p in (b / "figures").glob("*.png"))
         bad_figures = [n for n in figures if n not in figures_b

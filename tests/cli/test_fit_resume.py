@@ -1,6 +1,7 @@
 """A ``python -m zflight fit`` killed with SIGKILL and resumed with ``--ckpt_path last`` ends as
 an uninterrupted run does: same weights, same metrics, byte-identical figures (docs/resume.md)."""
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -10,9 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_script(name: str):
+    """``benchmarks/<name>.py`` as a module: the test and the script share its run-reading helpers."""
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+resume_check = _load_script("resume_check")
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
 # 96 images at batch 16: 6 steps per epoch, 18 in all; a checkpoint every 3 steps, so step 9 is
@@ -64,37 +76,12 @@ def _env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def _run_dir(save_dir: Path) -> Path:
-    (run,) = sorted((save_dir / "quickstart").glob("version_*"))
-    return run
-
-
-def _scalars(run: Path, tag: str) -> dict[int, float]:
-    """``{step: value}``; where a killed run and its resumption both logged a step, the later one."""
-    events = EventAccumulator(str(run))
-    events.Reload()
-    out: dict[int, tuple[float, float]] = {}
-    for event in events.Scalars(tag):
-        if event.step not in out or event.wall_time >= out[event.step][0]:
-            out[event.step] = (event.wall_time, event.value)
-    return {step: value for step, (_, value) in sorted(out.items())}
-
-
-def _saved(checkpoint: Path) -> bool:
-    """``checkpoint`` is written and so is the ``last.ckpt`` of the same step (saved right after)."""
-    last = checkpoint.with_name("last.ckpt")
-    try:
-        return last.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns
-    except FileNotFoundError:
-        return False
-
-
 def _kill_after_checkpoint(cmd: list[str], cwd: Path, checkpoint: Path, timeout: float = 240) -> None:
     """Start ``cmd``; SIGKILL it as soon as ``checkpoint`` and the ``last.ckpt`` after it exist."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     try:
-        while not _saved(checkpoint):
+        while not resume_check.saved(checkpoint):
             if proc.poll() is not None:
                 raise AssertionError(f"the run ended before {checkpoint.name}: {proc.stderr.read().decode()[-3000:]}")
             if time.monotonic() > deadline:
@@ -116,7 +103,7 @@ def test_a_killed_run_resumed_from_last_ends_as_an_uninterrupted_run(tmp_path):
                              stderr=subprocess.PIPE, text=True)
     marker = broken / "quickstart" / "version_0" / "checkpoints" / f"step{KILL_AFTER:03d}.ckpt"
     _kill_after_checkpoint(_command(broken, *FIGURES), tmp_path, marker)
-    ckpts = _run_dir(broken) / "checkpoints"
+    ckpts = resume_check.run_dir(broken) / "checkpoints"
     killed_at = torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"]
     # The kill came after step 9's checkpoint (mid-way through the second epoch; on a starved
     # machine the run may have reached step 12's, the end of that epoch) and before the end.
@@ -130,7 +117,7 @@ def test_a_killed_run_resumed_from_last_ends_as_an_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed_err[-3000:]
     assert "bit-identical" not in resumed_err  # no old-checkpoint warning: the state was there
 
-    a, b = _run_dir(straight), _run_dir(broken)
+    a, b = resume_check.run_dir(straight), resume_check.run_dir(broken)
     assert b.name == "version_0"  # the resumed run continued the killed one's folder
     wa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)
     wb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)
@@ -139,16 +126,16 @@ def test_a_killed_run_resumed_from_last_ends_as_an_uninterrupted_run(tmp_path):
     unequal = [k for k in wa["state_dict"] if not torch.equal(wa["state_dict"][k], wb["state_dict"][k])]
     assert not unequal, f"weights differ: {unequal}"
 
-    val_a, val_b = _scalars(a, "val/acc1"), _scalars(b, "val/acc1")
+    val_a, val_b = resume_check.scalars(a, "val/acc1"), resume_check.scalars(b, "val/acc1")
     assert len(val_a) == EPOCHS and val_a == val_b  # every epoch's, the final one included
-    loss_a, loss_b = _scalars(a, "train/loss"), _scalars(b, "train/loss")
+    loss_a, loss_b = resume_check.scalars(a, "train/loss"), resume_check.scalars(b, "train/loss")
     # Every step's; Lightning writes a step's metrics just after that step's checkpoint, so the
     # kill (which follows the checkpoint at once) may take the checkpoint step's own with it.
     assert set(loss_a) - set(loss_b) <= {killed_at - 1}
     assert {s: loss_a[s] for s in loss_b} == loss_b
     final = f"val/acc1={list(val_a.values())[-1]:.4f}"
     print(f"killed with last.ckpt at step {killed_at}; val/acc1 per epoch {list(val_a.values())}; "
-          f"{len(wa['state_dict'])} tensors equal; {len(_scalars(a, 'train/loss'))} train/loss steps equal")
+          f"{len(wa['state_dict'])} tensors equal; {len(resume_check.scalars(a, 'train/loss'))} train/loss steps equal")
     assert final in out and final in resumed_out
 
     figures = sorted(p.name for p in (a / "figures").glob("*.png"))
@@ -164,7 +151,7 @@ def test_a_checkpoint_without_the_state_still_resumes_with_a_warning(tmp_path):
     from tests.cli.test_fit import _tiny, main
 
     main(["fit", *_tiny(tmp_path)])
-    last = _run_dir(tmp_path / "runs") / "checkpoints" / "last.ckpt"
+    last = resume_check.run_dir(tmp_path / "runs") / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
     ckpt["callbacks"] = {k: v for k, v in ckpt["callbacks"].items() if "RandomState" not in k}
     ckpt.pop("ShapesDataModule", None)
