@@ -117,10 +117,10 @@ def test_deconvnet_project_projects_the_strongest_unit_of_the_last_conv(model, x
     assert torch.equal(attribute("deconvnet_project", model, x, TARGET), want)
 
 
-def test_occlusion_entry_is_the_occlusion_pixel_attribution(model, x):
+def test_occlusion_entry_is_the_occlusion_log_probability_pixel_attribution(model, x):
     model.eval()
-    maps = occlusion_maps(model, x, TARGET, size=16, stride=8, progress=False)
-    want = maps.pixel_attribution().unsqueeze(1)
+    maps = occlusion_maps(model, x, TARGET, size=8, stride=4, progress=False)  # 64 px // 8
+    want = maps.pixel_attribution(log=True).unsqueeze(1)
     torch.testing.assert_close(attribute("occlusion", model, x, TARGET), want)
 
 

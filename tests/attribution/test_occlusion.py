@@ -3,6 +3,8 @@ the occlusion figure, CLI, callback and object-box check."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -210,6 +212,37 @@ def test_captum_overlapping_windows_equal_pixel_attribution(model, images, size,
     ours = maps.pixel_attribution()
     for ch in range(3):  # the window spans all channels, so every channel gets the same value
         torch.testing.assert_close(attr[:, ch], ours, rtol=1e-4, atol=1e-6)
+
+
+def test_log_pixel_attribution_equals_captum_on_log_softmax(model, images):
+    from captum.attr import Occlusion
+
+    targets = torch.tensor([1, 5, 9])
+    maps = occlusion_maps(model, images, targets, size=12, stride=4)
+    attr = Occlusion(lambda x: torch.log_softmax(model(x), dim=1)).attribute(
+        images, sliding_window_shapes=(3, 12, 12), strides=4, baselines=0.0, target=targets,
+        perturbations_per_eval=16,
+    )
+    torch.testing.assert_close(attr[:, 0], maps.pixel_attribution(log=True), rtol=1e-4, atol=1e-6)
+
+
+def test_log_pixel_attribution_of_a_saturated_model_is_not_zero(images):
+    # Logits 40 apart: the target's probability is 1.0 in float32 under every square, so the
+    # probability map is all zero; the log-probability map still ranks the squares.
+    net = nn.Sequential(nn.Conv2d(3, 1, 3, padding=1), nn.Flatten(), nn.LazyLinear(2))
+    with torch.no_grad():
+        net(images)
+        net[2].bias.copy_(torch.tensor([40.0, 0.0]))
+    maps = occlusion_maps(net, images, 0, size=16, stride=8)
+    assert (maps.pixel_attribution() == 0).all()
+    assert (maps.pixel_attribution(log=True) != 0).any()
+
+
+def test_log_pixel_attribution_without_log_probabilities_names_the_argument(model, images):
+    maps = occlusion_maps(model, images, 0, size=16, stride=8)
+    legacy = dataclasses.replace(maps, log_prob=None, base_log_prob=None)
+    with pytest.raises(ValueError, match="log=True"):
+        legacy.pixel_attribution(log=True)
 
 
 # ------------------------------------------------------------------------------------ errors

@@ -620,7 +620,8 @@ class _LayerState:
         self.feature_size: tuple[int, int] | None = None
         self.n_total = 0
         self.m = 0  # top values the quantile reads, per unit
-        self.top = torch.empty(0)  # [K, <= m] descending
+        self.top = torch.empty(0)  # [K, <= m], in no order
+        self.bound = torch.empty(0)  # [K] the m-th largest value so far, once top is full
         self.pending: list[torch.Tensor] = []  # [K, *] candidates not merged into top yet
         self.pending_width = 0
         self.has_nan = torch.empty(0, dtype=torch.bool)
@@ -643,14 +644,16 @@ class _LayerState:
             values = a.transpose(0, 1).reshape(units, -1)  # [K, B*h*w]
             values = torch.where(torch.isnan(values), float("-inf"), values)
             merged = torch.cat([self.top, values], dim=1)
-            self.top = merged.topk(min(self.m, merged.shape[1]), dim=1).values
+            self.top = merged.topk(min(self.m, merged.shape[1]), dim=1, sorted=False).values
+            if self.top.shape[1] == self.m:
+                self.bound = self.top.amin(dim=1)
             return
         # Full: only values above a unit's current m-th largest can enter its top m (a value
         # equal to it would replace an equal one, leaving the multiset of values unchanged).
         # Once the data set's first m values per unit are in, few are: pick them out sparsely.
         # Only the maps whose maximum passes the bound are searched (a third of conv1's, a few
         # percent of conv5's, once the bound has risen).
-        bound = self.top[:, -1]
+        bound = self.bound
         # Unit-major (nonzero of the transpose), so the candidates come grouped by unit.
         k_sel, b_sel = (map_max.T > bound[:, None]).nonzero(as_tuple=True)  # NaN is not >
         if k_sel.numel() == 0:
@@ -673,24 +676,16 @@ class _LayerState:
     def _merge_pending(self) -> None:
         if not self.pending:
             return
-        top = self.top
-        new = torch.cat(self.pending, dim=1).sort(dim=1, descending=True).values
-        # Merge two descending rows without sorting top again: each value's place in the
-        # merged row is its own index plus how many of the other row's values precede it
-        # (ties: top's first). searchsorted wants ascending rows, hence the negations.
-        place_top = torch.searchsorted(-new, -top, right=False)
-        place_top += torch.arange(top.shape[1], device=top.device)
-        place_new = torch.searchsorted(-top, -new, right=True)
-        place_new += torch.arange(new.shape[1], device=top.device)
-        merged = top.new_empty((top.shape[0], top.shape[1] + new.shape[1]))
-        merged.scatter_(1, place_top, top).scatter_(1, place_new, new)
-        self.top = merged[:, : self.m].contiguous()
+        # An unsorted top-m (a selection, not a sort: 2x faster than merging sorted rows).
+        merged = torch.cat([self.top, *self.pending], dim=1)
+        self.top = merged.topk(self.m, dim=1, sorted=False).values
+        self.bound = self.top.amin(dim=1)
         self.pending, self.pending_width = [], 0
 
     def finish_thresholds(self, quantile: float, world: int) -> None:
         """Turn the top values into ``T_k``, as ``torch.quantile`` of all the values gives."""
         self._merge_pending()
-        top, has_nan = self.top, self.has_nan
+        top, has_nan = self.top.sort(dim=1, descending=True).values, self.has_nan
         if world > 1:
             top, has_nan = _merge_top(top, has_nan, self.m)
         below, above, weight, _m = _quantile_ranks(self.n_total, quantile, top.dtype)

@@ -67,6 +67,9 @@ class OcclusionMaps:
         layer: the layer's dotted name, or ``None``.
         method: how the maps were computed: ``"full"`` (one full forward per occluded image),
             ``"incremental"`` (exact incremental inference) or ``"approximate"``.
+        log_prob: ``[N, rows, cols]`` the target's log-probability with the square there,
+            computed so that it does not round to 0 when the probability rounds to 1.
+        base_log_prob: ``[N]`` the target's log-probability on the unoccluded image.
     """
 
     prob: torch.Tensor
@@ -82,6 +85,8 @@ class OcclusionMaps:
     image_size: tuple[int, int]
     layer: str | None
     method: str = "full"
+    log_prob: torch.Tensor | None = None
+    base_log_prob: torch.Tensor | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -150,7 +155,7 @@ class OcclusionMaps:
         y0, x0 = int(r) * self.stride, int(c) * self.stride
         return x0, y0, x0 + self.size, y0 + self.size
 
-    def pixel_attribution(self) -> torch.Tensor:
+    def pixel_attribution(self, *, log: bool = False) -> torch.Tensor:
         """Return ``[N, H, W]``: per pixel, ``base_prob - prob`` averaged over the squares covering it.
 
         This is what ``captum.attr.Occlusion`` computes for a model whose output is the softmax,
@@ -159,12 +164,28 @@ class OcclusionMaps:
         ``(H - size)`` and ``(W - size)`` are multiples of ``stride``). Pixels no square covers
         are 0.
 
+        With ``log=True`` the drop is ``base_log_prob - log_prob``, the target's loss of
+        log-probability: it ranks the squares of an image as the probability does, but where
+        the model is so sure that the probability is 1.0 in float32 under most squares (and
+        the plain map is zero almost everywhere), it still tells them apart.
+
+        Args:
+            log: the drop in log-probability rather than in probability.
+
+        Raises:
+            ValueError: ``log=True`` on maps made without log-probabilities.
+
         Example:
             >>> maps.pixel_attribution().shape  # doctest: +SKIP
             torch.Size([2, 64, 64])
         """
         h, w = self.image_size
-        drop = (self.base_prob[:, None, None] - self.prob).unsqueeze(1).double()
+        if log:
+            if self.log_prob is None or self.base_log_prob is None:
+                raise ValueError("log=True: these maps hold no log-probabilities (log_prob is None)")
+            drop = (self.base_log_prob[:, None, None].double() - self.log_prob.double()).unsqueeze(1)
+        else:
+            drop = (self.base_prob[:, None, None] - self.prob).unsqueeze(1).double()
         ones = torch.ones(1, 1, self.size, self.size, dtype=torch.float64, device=drop.device)
         # A transposed convolution with a box kernel adds each position's value to its square.
         total = F.conv_transpose2d(drop, ones, stride=self.stride)
@@ -292,7 +313,7 @@ def occlusion_maps(
 
     with preserve_modes(model, eval_mode=True), torch.no_grad():
         base_logits, base_acts = _score_batches(model, images, probe, batch_size)
-        base_probs = _softmax(base_logits, n)
+        base_probs, base_scores = _class_scores(base_logits, n)
         num_classes = base_probs.shape[1]
         tgt = _targets(targets, n, num_classes, base_probs, images.device)
         channel = base_act = None
@@ -311,6 +332,7 @@ def occlusion_maps(
         )
 
         prob = torch.empty(total, dtype=base_probs.dtype, device=images.device)
+        log_prob = torch.empty_like(prob)
         label = torch.empty(total, dtype=torch.int64, device=images.device)
         activation = (
             torch.empty(total, dtype=base_probs.dtype, device=images.device)
@@ -325,11 +347,11 @@ def occlusion_maps(
                 which, where = pair // n_pos, top_left[pair % n_pos]
                 chans = channel[which.to(images.device)] if channel is not None else None
                 if scorer is not None:
-                    probs, acts = _score_incremental(
+                    (probs, scores), acts = _score_incremental(
                         scorer, images, which.to(images.device), where, fill_t, chans
                     )
                 else:
-                    probs, acts = _score_occluded(
+                    (probs, scores), acts = _score_occluded(
                         model,
                         images,
                         which.to(images.device),
@@ -340,6 +362,7 @@ def occlusion_maps(
                         channels=chans,
                     )
                 prob[start:stop] = probs.gather(1, tgt[which.to(images.device), None]).squeeze(1)
+                log_prob[start:stop] = _target_log_prob(scores, tgt[which.to(images.device)])
                 label[start:stop] = probs.argmax(dim=1)
                 if activation is not None:
                     activation[start:stop] = acts
@@ -363,6 +386,8 @@ def occlusion_maps(
         image_size=(h, w),
         layer=probe.name if probe is not None else None,
         method="full" if scorer is None else ("approximate" if approximate else "incremental"),
+        log_prob=log_prob.view(n, rows, cols),
+        base_log_prob=_target_log_prob(base_scores, tgt),
     )
 
 
@@ -438,10 +463,10 @@ def _forward(
     x: torch.Tensor,
     probe: _LayerProbe | None,
     channels: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Softmax probabilities ``[B, K]`` of ``x`` and, with a probe, what it records."""
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+    """``(probabilities, logits)`` ``[B, K]`` of ``x`` and, with a probe, what it records."""
     logits, recorded = _logits(model, x, probe, channels)
-    return _softmax(logits, x.shape[0]), recorded
+    return _class_scores(logits, x.shape[0]), recorded
 
 
 def _check_logits(logits: Any, batch: int) -> None:
@@ -452,11 +477,24 @@ def _check_logits(logits: Any, batch: int) -> None:
         )
 
 
-def _softmax(logits: Any, batch: int) -> torch.Tensor:
-    """Softmax probabilities ``[B, K]`` of the logits, after checking their shape."""
+def _class_scores(logits: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities ``[B, K]`` and the logits in float32 at least, shape checked."""
     _check_logits(logits, batch)
     # float32 at least, so that fp16 logits do not make every small change vanish.
-    return torch.softmax(logits.float(), dim=1)
+    logits = logits.float()
+    return torch.softmax(logits, dim=1), logits
+
+
+def _target_log_prob(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[B]`` log-probability of each row's target, without rounding to 0 when it is near 1.
+
+    ``log p_t = -softplus(logsumexp_{j != t} z_j - z_t)``: ``log_softmax`` subtracts
+    ``log(1 + tiny)``, which is 0 in float32 (and float64) once the target's margin passes
+    ~17 (~37); ``softplus`` goes through ``log1p`` and keeps the tiny value.
+    """
+    target = logits.gather(1, targets[:, None]).squeeze(1)
+    others = logits.scatter(1, targets[:, None], float("-inf"))
+    return -F.softplus(others.logsumexp(dim=1) - target)
 
 
 def _score_batches(
@@ -485,7 +523,7 @@ def _score_occluded(
     fill: torch.Tensor,
     probe: _LayerProbe | None,
     channels: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
     """Score one batch of occluded images with full forward passes.
 
     Sample ``b`` is ``images[which[b]]`` with the square whose top-left pixel is
@@ -503,7 +541,7 @@ def _score_occluded(
         channels: ``[B]`` the feature map to sum per sample (with ``probe``).
 
     Returns:
-        ``(probs [B, K], activation [B] or None)``.
+        ``((probs [B, K], float logits [B, K]), activation [B] or None)``.
     """
     x = images.index_select(0, which)
     h, w = x.shape[-2:]
@@ -524,10 +562,10 @@ def _score_incremental(
     top_left: torch.Tensor,
     fill: torch.Tensor,
     channels: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
     """:func:`_score_occluded` by incremental inference (same arguments, same results)."""
     logits, acts = scorer.score(images, which, top_left, fill, channels)
-    return _softmax(logits, which.shape[0]), acts
+    return _class_scores(logits, which.shape[0]), acts
 
 
 # ------------------------------------------------------------------------------- argument checks
