@@ -32,7 +32,6 @@ name                   what it computes
 from __future__ import annotations
 
 import zlib
-
 from collections.abc import Callable, Sequence
 
 import torch
@@ -47,7 +46,7 @@ from zflight.attribution.deconvnet import DeconvNet
 from zflight.attribution.guided_backprop import GuidedBackprop
 from zflight.attribution.occlusion import occlusion_maps
 
-__all__ = ["Method", "METHODS", "method_names", "get_method", "attribute", "last_conv"]
+__all__ = ["METHODS", "Method", "attribute", "get_method", "last_conv", "method_names"]
 
 Method = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
