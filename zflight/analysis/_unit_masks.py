@@ -107,12 +107,17 @@ def count_masks(
     height, width = present.size
     s = maps.shape[0]
     total = torch.zeros(n_units * n_classes, dtype=torch.int64, device=maps.device)
+    # Per map: where its row starts in the counts, and its image in the flat pixel classes.
+    unit_base, image_base = units * n_classes, images * (height * width)
+    pixel_class = present.classes.reshape(-1)
     step = max(CHANNEL_PAD, _MAX_ELEMENTS // (height * width) // CHANNEL_PAD * CHANNEL_PAD)
     for start in range(0, s, step):
         pos = true_positions(upsample_threshold(maps[start : start + step], thresholds[start : start + step], present.size))
         # pos indexes [groups, H*W, CHANNEL_PAD]: the map, then the pixel, of each True.
-        j = start + pos // (height * width * CHANNEL_PAD) * CHANNEL_PAD + pos % CHANNEL_PAD
-        key = units[j] * n_classes + present.classes[images[j], pos // CHANNEL_PAD % (height * width)]
+        group_pixel, lane = pos // CHANNEL_PAD, pos % CHANNEL_PAD
+        group = group_pixel // (height * width)
+        j = start + group * CHANNEL_PAD + lane
+        key = unit_base[j] + pixel_class[image_base[j] + group_pixel - group * (height * width)]
         total += torch.bincount(key, minlength=total.numel())
     return total.view(n_units, n_classes).to(torch.float64)
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from zflight.analysis._unit_masks import PixelClasses, count_masks
+from zflight.analysis._unit_masks import PixelClasses, count_masks, true_positions
 from zflight.attribution._layers import (
     LayerNotReachedError,
     forward_until,
@@ -650,18 +650,16 @@ class _LayerState:
             return
         # Full: only values above a unit's current m-th largest can enter its top m (a value
         # equal to it would replace an equal one, leaving the multiset of values unchanged).
-        # Once the data set's first m values per unit are in, few are: pick them out sparsely.
-        # Only the maps whose maximum passes the bound are searched (a third of conv1's, a few
-        # percent of conv5's, once the bound has risen).
-        bound = self.bound
-        # Unit-major (nonzero of the transpose), so the candidates come grouped by unit.
-        k_sel, b_sel = (map_max.T > bound[:, None]).nonzero(as_tuple=True)  # NaN is not >
-        if k_sel.numel() == 0:
+        # Once the data set's first m values per unit are in, few are: pick them out sparsely
+        # (one comparison of the whole batch, then the True positions through int64 words).
+        pos = true_positions(a > self.bound[:, None, None])  # NaN is not >
+        if pos.numel() == 0:
             return
-        maps = a[b_sel, k_sel]  # [S, h, w]
-        s_idx, i, j = (maps > bound[k_sel, None, None]).nonzero(as_tuple=True)
-        k, values = k_sel[s_idx], maps[s_idx, i, j]
+        # pos indexes [B, K, h, w]; sorted, so the candidates come grouped by image, not unit.
+        k, values = pos // (h * w) % units, a.reshape(-1)[pos]
         per_unit = torch.bincount(k, minlength=units)
+        order = torch.argsort(k, stable=True)
+        k, values = k[order], values[order]
         slot = torch.arange(k.numel(), device=k.device) - (torch.cumsum(per_unit, 0) - per_unit)[k]
         new = a.new_full((units, int(per_unit.max())), float("-inf"))
         new[k, slot] = values
