@@ -113,7 +113,7 @@ def _guided_backprop(model: nn.Module, inputs: torch.Tensor, target: torch.Tenso
 def _occlusion(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     # An eighth of the image: the scale of the embedded objects' strokes. A quarter-image
     # square (the old default) is wider than most of them, so its strongest block of pixels
-    # straddled the silhouette: pointing game 0.60 against 0.81 (docs/evaluation.md).
+    # straddled the silhouette: pointing game 0.66 against 0.81 (log maps, docs/evaluation.md).
     size = max(1, min(inputs.shape[-2:]) // 8)
     maps = occlusion_maps(
         model, inputs, target, size=size, stride=max(1, size // 2), progress=False

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zflight.attribution._args import per_image_ints
-from zflight.attribution._incremental import IncrementalScorer, make_scorer
+from zflight.attribution._incremental import make_scorer
 from zflight.attribution._layers import preserve_modes, resolve_layer
 
 __all__ = ["OcclusionMaps", "occlusion_maps"]
@@ -180,12 +180,10 @@ class OcclusionMaps:
             torch.Size([2, 64, 64])
         """
         h, w = self.image_size
-        if log:
-            if self.log_prob is None or self.base_log_prob is None:
-                raise ValueError("log=True: these maps hold no log-probabilities (log_prob is None)")
-            drop = (self.base_log_prob[:, None, None].double() - self.log_prob.double()).unsqueeze(1)
-        else:
-            drop = (self.base_prob[:, None, None] - self.prob).unsqueeze(1).double()
+        base, occluded = (self.base_log_prob, self.log_prob) if log else (self.base_prob, self.prob)
+        if base is None or occluded is None:
+            raise ValueError("log=True: these maps hold no log-probabilities (log_prob is None)")
+        drop = (base[:, None, None].double() - occluded.double()).unsqueeze(1)
         ones = torch.ones(1, 1, self.size, self.size, dtype=torch.float64, device=drop.device)
         # A transposed convolution with a box kernel adds each position's value to its square.
         total = F.conv_transpose2d(drop, ones, stride=self.stride)
@@ -347,11 +345,9 @@ def occlusion_maps(
                 which, where = pair // n_pos, top_left[pair % n_pos]
                 chans = channel[which.to(images.device)] if channel is not None else None
                 if scorer is not None:
-                    (probs, scores), acts = _score_incremental(
-                        scorer, images, which.to(images.device), where, fill_t, chans
-                    )
+                    logits, acts = scorer.score(images, which.to(images.device), where, fill_t, chans)
                 else:
-                    (probs, scores), acts = _score_occluded(
+                    logits, acts = _score_occluded(
                         model,
                         images,
                         which.to(images.device),
@@ -361,6 +357,7 @@ def occlusion_maps(
                         probe=probe,
                         channels=chans,
                     )
+                probs, scores = _class_scores(logits, stop - start)
                 prob[start:stop] = probs.gather(1, tgt[which.to(images.device), None]).squeeze(1)
                 log_prob[start:stop] = _target_log_prob(scores, tgt[which.to(images.device)])
                 label[start:stop] = probs.argmax(dim=1)
@@ -458,17 +455,6 @@ def _logits(
     return logits, recorded
 
 
-def _forward(
-    model: nn.Module,
-    x: torch.Tensor,
-    probe: _LayerProbe | None,
-    channels: torch.Tensor | None,
-) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-    """``(probabilities, logits)`` ``[B, K]`` of ``x`` and, with a probe, what it records."""
-    logits, recorded = _logits(model, x, probe, channels)
-    return _class_scores(logits, x.shape[0]), recorded
-
-
 def _check_logits(logits: Any, batch: int) -> None:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -523,7 +509,7 @@ def _score_occluded(
     fill: torch.Tensor,
     probe: _LayerProbe | None,
     channels: torch.Tensor | None,
-) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Score one batch of occluded images with full forward passes.
 
     Sample ``b`` is ``images[which[b]]`` with the square whose top-left pixel is
@@ -541,7 +527,7 @@ def _score_occluded(
         channels: ``[B]`` the feature map to sum per sample (with ``probe``).
 
     Returns:
-        ``((probs [B, K], float logits [B, K]), activation [B] or None)``.
+        ``(logits [B, K], activation [B] or None)``.
     """
     x = images.index_select(0, which)
     h, w = x.shape[-2:]
@@ -552,20 +538,7 @@ def _score_occluded(
     in_cols = (xs[None] >= c0[:, None]) & (xs[None] < c0[:, None] + size)  # [B, W]
     square = (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)  # [B, 1, H, W]
     x = torch.where(square, fill, x)
-    return _forward(model, x, probe, channels)
-
-
-def _score_incremental(
-    scorer: IncrementalScorer,
-    images: torch.Tensor,
-    which: torch.Tensor,
-    top_left: torch.Tensor,
-    fill: torch.Tensor,
-    channels: torch.Tensor | None,
-) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-    """:func:`_score_occluded` by incremental inference (same arguments, same results)."""
-    logits, acts = scorer.score(images, which, top_left, fill, channels)
-    return _class_scores(logits, which.shape[0]), acts
+    return _logits(model, x, probe, channels)
 
 
 # ------------------------------------------------------------------------------- argument checks
