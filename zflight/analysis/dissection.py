@@ -356,9 +356,10 @@ def dissect(
     try:
         # inference_mode, not no_grad: nothing here needs autograd's bookkeeping (~5 % faster).
         with preserve_modes(model, eval_mode=True), torch.inference_mode():
-            # Pass 1: a running top-m of every unit's activations.
-            for images, _idx in DataLoader(
-                _Items(dataset, concepts, with_masks=False),
+            # Pass 1, the only forward pass: every unit's running top-m activations, each
+            # with its image, position and 3x3 neighbourhood.
+            for images, index in DataLoader(
+                _Items(dataset, concepts),
                 batch_size=batch_size,
                 sampler=shard,
                 collate_fn=_collate_images,
@@ -366,35 +367,36 @@ def dissect(
                 image_size = _check_image_size(images, image_size)
                 outs = _capture(model, order, keys, images.to(device, non_blocking=True))
                 for state, out in zip(states, outs):
-                    state.update_top(out, n_images, quantile)
+                    state.update_top(out, index.to(device), n_images, quantile)
                 bar.update(images.shape[0])
-            for state in states:
-                state.finish_thresholds(quantile, world)
-            # Every unit's pixel counts, all layers in one matrix (one all_reduce under DDP):
-            # |M_k & L_c| for c < C, a column for the padding of present-concept lists, |M_k|.
-            units = [state.thresholds.numel() for state in states]
-            counts = torch.zeros(sum(units), len(concepts) + 2, dtype=torch.float64, device=device)
-            offsets = [sum(units[:i]) for i in range(len(units))]
+        assert image_size is not None  # the data set is not empty
+        for state in states:
+            state.finish_thresholds(quantile, world, rank)
+        # Every unit's pixel counts, all layers in one matrix (one all_reduce under DDP):
+        # |M_k & L_c| for c < C, a column for the padding of present-concept lists, |M_k|.
+        units = [state.thresholds.numel() for state in states]
+        counts = torch.zeros(sum(units), len(concepts) + 2, dtype=torch.float64, device=device)
+        offsets = [sum(units[:i]) for i in range(len(units))]
 
-            # Pass 2: pixel counts of M_k & L_c, M_k and L_c.
-            concept_pixels = torch.zeros(len(concepts) + 2, dtype=torch.float64, device=device)
-            for images, masks, columns in DataLoader(
-                _Items(dataset, concepts, with_masks=True),
-                batch_size=batch_size,
-                sampler=shard,
-                collate_fn=_Collate(len(concepts)),
-            ):
-                outs = _capture(model, order, keys, images.to(device, non_blocking=True))
-                present = PixelClasses.of(
-                    masks.to(device, non_blocking=True), columns.to(device), len(concepts)
-                )
-                concept_pixels += present.pixels
-                _add_counts(counts, list(zip(states, offsets, outs)), present)
-                bar.update(images.shape[0])
+        # Pass 2, the concept masks only: pixel counts of M_k & L_c, M_k and L_c, with each
+        # M_k rebuilt from the activations pass 1 kept (no second forward pass).
+        concept_pixels = torch.zeros(len(concepts) + 2, dtype=torch.float64, device=device)
+        first = 0  # the batch's first row in the shard
+        for masks, columns in DataLoader(
+            _Items(dataset, concepts, masks_of_size=image_size),
+            batch_size=batch_size,
+            sampler=shard,
+            collate_fn=_Collate(len(concepts)),
+        ):
+            present = PixelClasses.of(masks.to(device, non_blocking=True), columns.to(device), len(concepts))
+            concept_pixels += present.pixels
+            rows = (first, first + masks.shape[0])
+            _add_counts(counts, [(state, offset, state.masks_of(*rows)) for state, offset in zip(states, offsets)], present)
+            first = rows[1]
+            bar.update(masks.shape[0])
     finally:
         bar.close()
 
-    assert image_size is not None  # the data set is not empty
     if world > 1:
         counts, concept_pixels = _sum_across_ranks(counts, concept_pixels)
     counts, concept_pixels = counts.cpu(), concept_pixels.cpu()
@@ -613,77 +615,134 @@ def _display(dataset: Any, images: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- per-layer state
 class _LayerState:
-    """One layer's running top values (pass 1) and pixel counts (pass 2)."""
+    """One layer's running top activations (pass 1) and the maps rebuilt from them (pass 2).
+
+    Pass 1 keeps, per unit, the ``m`` largest activations the quantile reads, plus any value
+    within rounding of the ``m``-th (:func:`_below`), each with where it is (``image * h * w +
+    position``) and its 3x3 neighbourhood. After the thresholds, the kept values above
+    ``_below(T_k)`` are all a mask needs: a bilinear pixel reads the four activations around
+    it, so a pixel of ``M_k`` has a source above ``_below(T_k)`` (else it would be <= ``T_k``,
+    rounding included), and all four of its sources lie in that source's neighbourhood. A map
+    rebuilt from those neighbourhoods (-inf elsewhere) thus upsamples, through the same kernel,
+    to the same mask: pass 2 needs the concept masks, not a second forward pass.
+    """
 
     def __init__(self, key: str, name: str, n_concepts: int) -> None:
         self.key, self.name, self.n_concepts = key, name, n_concepts
         self.feature_size: tuple[int, int] | None = None
         self.n_total = 0
         self.m = 0  # top values the quantile reads, per unit
-        self.top = torch.empty(0)  # [K, <= m], in no order
+        # [K, W] kept values (W >= m once full; -inf pads), their places [K, W] int64 and
+        # 3x3 neighbourhoods [K, W, 9], in no order.
+        self.top = torch.empty(0)
+        self.where = torch.empty(0, dtype=torch.int64)
+        self.around = torch.empty(0)
         self.bound = torch.empty(0)  # [K] the m-th largest value so far, once top is full
-        self.pending: list[torch.Tensor] = []  # [K, *] candidates not merged into top yet
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # not merged yet
         self.pending_width = 0
         self.has_nan = torch.empty(0, dtype=torch.bool)
         self.thresholds = torch.empty(0)
+        # Pass 2: the neighbourhoods of the kept values above _below(T_k), sorted by (shard
+        # row, unit): each one's row, its 9 values and their places in a stack of maps, one
+        # map per (row, unit) ("slot", keyed row * K + unit).
+        self.rows = torch.empty(0, dtype=torch.int64)
+        self.values = torch.empty(0)
+        self.spots = torch.empty(0, dtype=torch.int64)
+        self.slot_key = torch.empty(0, dtype=torch.int64)
+        self.slot_rows = torch.empty(0, dtype=torch.int64)
 
     # ---- pass 1
-    def update_top(self, out: torch.Tensor, n_images: int, quantile: float) -> None:
-        a = _as_maps(out, self.key)
+    def update_top(self, out: torch.Tensor, index: torch.Tensor, n_images: int, quantile: float) -> None:
+        """Add one batch's maps ``out`` of images ``index`` (data set indices) to the top values."""
+        a = _as_maps(out, self.key).contiguous()
         units, h, w = a.shape[1:]
         if self.feature_size is None:
             self.feature_size = (h, w)
             self.n_total = n_images * h * w  # values per unit over the whole data set
             self.m = _quantile_ranks(self.n_total, quantile, a.dtype)[3]
             self.top = a.new_empty((units, 0))
+            self.where = torch.empty((units, 0), dtype=torch.int64, device=a.device)
+            self.around = a.new_empty((units, 0, 9))
             self.has_nan = torch.zeros(units, dtype=torch.bool, device=a.device)
         # amax propagates NaN: torch.quantile returns NaN for a unit with any NaN, so do we.
-        map_max = a.amax(dim=(2, 3))  # [B, K]
-        self.has_nan |= torch.isnan(map_max.amax(dim=0))
+        self.has_nan |= torch.isnan(a.amax(dim=(2, 3)).amax(dim=0))
         if self.top.shape[1] < self.m:
             values = a.transpose(0, 1).reshape(units, -1)  # [K, B*h*w]
             values = torch.where(torch.isnan(values), float("-inf"), values)
-            merged = torch.cat([self.top, values], dim=1)
-            self.top = merged.topk(min(self.m, merged.shape[1]), dim=1, sorted=False).values
-            if self.top.shape[1] == self.m:
-                self.bound = self.top.amin(dim=1)
+            old = self.top.shape[1]
+            values, keep = self._select(torch.cat([self.top, values], dim=1))
+            # Entries from this batch: image row and position; their neighbourhoods are read
+            # for every kept entry (cheap: this happens for the first m values only).
+            j = (keep - old).clamp_min(0)
+            b, pos = j // (h * w), j % (h * w)
+            k = torch.arange(units, device=a.device)[:, None].expand_as(b)
+            new = keep >= old
+            kept_old = keep.clamp_max(max(old - 1, 0))
+            where = index[b] * (h * w) + pos
+            around = _neighbourhoods(a, b.reshape(-1), k.reshape(-1), pos.reshape(-1)).view(*b.shape, 9)
+            if old:
+                where = torch.where(new, where, self.where.gather(1, kept_old))
+                around = torch.where(new[..., None], around, _gather_rows(self.around, kept_old))
+            self.top, self.where, self.around = values, where, around
             return
-        # Full: only values above a unit's current m-th largest can enter its top m (a value
-        # equal to it would replace an equal one, leaving the multiset of values unchanged).
-        # Once the data set's first m values per unit are in, few are: pick them out sparsely
-        # (one comparison of the whole batch, then the True positions through int64 words).
-        pos = true_positions(a > self.bound[:, None, None])  # NaN is not >
+        # Full: only values above _below(bound) can still matter (see _select). Once the data
+        # set's first m values per unit are in, few are: pick them out sparsely (one
+        # comparison of the whole batch, then the True positions through int64 words).
+        pos = true_positions(a > _below(self.bound)[:, None, None])  # NaN is not >
         if pos.numel() == 0:
             return
         # pos indexes [B, K, h, w]; sorted, so the candidates come grouped by image, not unit.
-        k, values = pos // (h * w) % units, a.reshape(-1)[pos]
+        b, k, p = pos // (units * h * w), pos // (h * w) % units, pos % (h * w)
+        values, where = a.reshape(-1)[pos], index[b] * (h * w) + p
+        around = _neighbourhoods(a, b, k, p)
         per_unit = torch.bincount(k, minlength=units)
         order = torch.argsort(k, stable=True)
-        k, values = k[order], values[order]
+        k = k[order]
         slot = torch.arange(k.numel(), device=k.device) - (torch.cumsum(per_unit, 0) - per_unit)[k]
-        new = a.new_full((units, int(per_unit.max())), float("-inf"))
-        new[k, slot] = values
+        width = int(per_unit.max())
+        new_values = a.new_full((units, width), float("-inf"))
+        new_values[k, slot] = values[order]
+        new_where = torch.zeros((units, width), dtype=torch.int64, device=a.device)
+        new_where[k, slot] = where[order]
+        new_around = a.new_zeros((units, width, 9))
+        new_around[k, slot] = around[order]
         # Candidates wait until they add up to m: one merge then instead of one per batch.
         # The bound stays the m-th largest merged so far, a lower bound of the final one, so
         # no value that belongs in the top m is missed meanwhile.
-        self.pending.append(new)
-        self.pending_width += new.shape[1]
+        self.pending.append((new_values, new_where, new_around))
+        self.pending_width += width
         if self.pending_width >= self.m:
             self._merge_pending()
+
+    def _select(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The entries to keep of ``values [K, n]``: the top ``m`` and any other above
+        ``_below`` of the ``m``-th largest (ties and near-ties: they may reach a mask through
+        rounding). Returns their values and indices, unsorted; sets ``bound`` once full."""
+        if values.shape[1] < self.m:
+            return values, torch.arange(values.shape[1], device=values.device).expand_as(values)
+        # An unsorted top-m (a selection, not a sort: 2x faster than merging sorted rows).
+        top, keep = values.topk(self.m, dim=1, sorted=False)
+        self.bound = top.amin(dim=1)
+        # Those above _below(bound) are each unit's largest, so a wider top-k takes them all.
+        width = int((values > _below(self.bound)[:, None]).sum(dim=1).max())
+        if width > self.m:
+            top, keep = values.topk(width, dim=1, sorted=False)
+        return top, keep
 
     def _merge_pending(self) -> None:
         if not self.pending:
             return
-        # An unsorted top-m (a selection, not a sort: 2x faster than merging sorted rows).
-        merged = torch.cat([self.top, *self.pending], dim=1)
-        self.top = merged.topk(self.m, dim=1, sorted=False).values
-        self.bound = self.top.amin(dim=1)
+        values, keep = self._select(torch.cat([self.top, *(p[0] for p in self.pending)], dim=1))
+        where = torch.cat([self.where, *(p[1] for p in self.pending)], dim=1)
+        around = torch.cat([self.around, *(p[2] for p in self.pending)], dim=1)
+        self.top, self.where, self.around = values, where.gather(1, keep), _gather_rows(around, keep)
         self.pending, self.pending_width = [], 0
 
-    def finish_thresholds(self, quantile: float, world: int) -> None:
-        """Turn the top values into ``T_k``, as ``torch.quantile`` of all the values gives."""
+    def finish_thresholds(self, quantile: float, world: int, rank: int) -> None:
+        """Turn the top values into ``T_k``, as ``torch.quantile`` of all the values gives, and
+        index the kept values that reach a mask by shard row for pass 2."""
         self._merge_pending()
-        top, has_nan = self.top.sort(dim=1, descending=True).values, self.has_nan
+        top, has_nan = self.top.sort(dim=1, descending=True).values[:, : self.m], self.has_nan
         if world > 1:
             top, has_nan = _merge_top(top, has_nan, self.m)
         below, above, weight, _m = _quantile_ranks(self.n_total, quantile, top.dtype)
@@ -693,9 +752,51 @@ class _LayerState:
         units = top.shape[0]
         thresholds = torch.lerp(v_below, v_above, weight.to(top.device).expand(units))
         self.thresholds = torch.where(has_nan, float("nan"), thresholds)
-        self.top = torch.empty(0)  # no longer needed
+
+        # This rank's kept values that may reach a mask (NaN thresholds: none), by (row, unit).
+        assert self.feature_size is not None
+        h, w = self.feature_size
+        k, j = (self.top > _below(self.thresholds)[:, None]).nonzero(as_tuple=True)
+        where, around = self.where[k, j], self.around[k, j]
+        row = (where // (h * w) - rank) // world  # the image's place in this rank's shard
+        key = row * units + k
+        order = torch.argsort(key)
+        key, pos, around = key[order], (where % (h * w))[order], around[order]
+        self.slot_key, slot_of = torch.unique_consecutive(key, return_inverse=True)
+        self.rows = key // units
+        # Each neighbourhood's 9 entries in its map. Those past the map's edge were read
+        # clamped, so they hold the activation of the entry they land on, like the rest.
+        i, jj = pos // w, pos % w
+        offsets = torch.arange(-1, 2, device=pos.device)
+        spots = ((i[:, None, None] + offsets[None, :, None]).clamp(0, h - 1) * w
+                 + (jj[:, None, None] + offsets[None, None, :]).clamp(0, w - 1)).reshape(-1, 9)
+        self.spots = spots + slot_of[:, None] * (h * w)
+        self.values = around
+        self.slot_rows = self.slot_key // units
+        self.top = self.where = self.around = torch.empty(0)  # no longer needed
 
     # ---- pass 2
+    def masks_of(self, first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The maps of shard rows ``first .. stop - 1`` that may reach a mask, rebuilt.
+
+        Returns:
+            ``(maps [S, h, w], thresholds [S], images [S], units [S])``: the maps (-inf
+            wherever pass 1 kept nothing), and per map its unit's threshold, its image's row
+            in the batch and its unit.
+        """
+        assert self.feature_size is not None
+        h, w = self.feature_size
+        units = self.thresholds.numel()
+        bounds = torch.tensor([first, stop], device=self.rows.device)
+        lo, hi = torch.searchsorted(self.rows, bounds).tolist()
+        s_lo, s_hi = torch.searchsorted(self.slot_rows, bounds).tolist()
+        maps = self.values.new_full((s_hi - s_lo, h, w), float("-inf"))
+        # Overlapping neighbourhoods write the same activation to a shared entry.
+        maps.view(-1)[self.spots[lo:hi] - s_lo * (h * w)] = self.values[lo:hi]
+        key = self.slot_key[s_lo:s_hi]
+        k = key % units
+        return maps, self.thresholds[k], key // units - first, k
+
     def finish(
         self, concepts: list[str], counts: torch.Tensor, concept_pixels: torch.Tensor, iou_threshold: float
     ) -> LayerDissection:
@@ -720,29 +821,51 @@ class _LayerState:
 
 
 def _add_counts(
-    counts: torch.Tensor, layers: list[tuple[_LayerState, int, torch.Tensor]], present: PixelClasses
+    counts: torch.Tensor, layers: list[tuple[_LayerState, int, tuple[torch.Tensor, ...]]], present: PixelClasses
 ) -> None:
     """Add one batch's ``|M_k & L_c|`` and ``|M_k|`` to ``counts`` (rows: units of all layers).
 
-    Only the maps whose maximum can exceed their unit's threshold are looked at; layers whose
-    maps share a size (conv3-conv5 of ZFNet) go together (:func:`count_masks`).
+    ``layers`` holds each layer's state, its first row in ``counts`` and its rebuilt maps
+    (:meth:`_LayerState.masks_of`); layers whose maps share a size (conv3-conv5 of ZFNet) go
+    together (:func:`count_masks`).
     """
-    groups: dict[tuple[Any, ...], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
-    for state, offset, out in layers:
-        a = _as_maps(out, state.key)
-        amax = a.amax(dim=(2, 3))  # [B, K]
-        # up(a_k) at a pixel is a convex combination of four activations, so it exceeds T_k
-        # only where the map's maximum does, up to the combination's rounding (< 8 eps |max|).
-        margin = 8 * torch.finfo(a.dtype).eps * amax.abs()
-        b, k = (amax > state.thresholds - margin).nonzero(as_tuple=True)
-        groups.setdefault((a.shape[2:], a.dtype), []).append((b, k + offset, a[b, k], state.thresholds[k]))
+    groups: dict[tuple[Any, ...], list[tuple[torch.Tensor, ...]]] = {}
+    for _state, offset, (maps, thresholds, images, units) in layers:
+        groups.setdefault((maps.shape[1:], maps.dtype), []).append((images, units + offset, maps, thresholds))
     per_class = None
     for parts in groups.values():
         b, rows, maps, thresholds = (torch.cat([p[i] for p in parts]) for i in range(4))
+        if b.numel() == 0:
+            continue
         got = count_masks(maps, thresholds, b, rows, counts.shape[0], present)
         per_class = got if per_class is None else per_class + got
     if per_class is not None:
         counts += per_class @ present.incidence
+
+
+def _below(values: torch.Tensor) -> torch.Tensor:
+    """``values - 16 eps |values|``: a bilinear pixel whose four sources are all at most
+    ``_below(T)`` is at most ``T`` even after its float rounding (a convex combination's
+    error is a few eps of its largest source), so only sources above it can make a mask.
+    Monotone, so ``_below`` of a lower bound of ``T`` is a lower bound of ``_below(T)``.
+    ``-inf`` and NaN stay as they are."""
+    return values - 16 * torch.finfo(values.dtype).eps * values.abs()
+
+
+def _neighbourhoods(a: torch.Tensor, b: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The 3x3 activations around positions ``pos`` of maps ``a[b, k]``: ``[n, 9]``, rows
+    above, at and below; past the map's edge, the entry clamped to it."""
+    units, h, w = a.shape[1:]
+    offsets = torch.arange(-1, 2, device=a.device)
+    i = (pos // w)[:, None, None] + offsets[None, :, None]
+    j = (pos % w)[:, None, None] + offsets[None, None, :]
+    flat = ((b * units + k) * h)[:, None, None] + i.clamp(0, h - 1)
+    return a.reshape(-1)[(flat * w + j.clamp(0, w - 1)).reshape(-1, 9)]
+
+
+def _gather_rows(around: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``around[k, keep[k, j], :]`` for ``around [K, n, 9]`` and ``keep [K, W]``."""
+    return around.gather(1, keep[..., None].expand(*keep.shape, around.shape[2]))
 
 
 # ------------------------------------------------------------------------------- the quantile
@@ -828,30 +951,30 @@ def _comm_device() -> torch.device:
 
 # --------------------------------------------------------------------------------- data access
 class _Items(Dataset):
-    """``(image, index)`` or ``(image, masks [Cp, H, W], concept indices [Cp], index)`` items,
-    checked, for the DataLoader (the masks of the concepts present, in concept order)."""
+    """Checked items for the DataLoader: ``(image, index)`` for pass 1, or with
+    ``masks_of_size`` (the images' size, known from pass 1) ``(masks [Cp, H, W], concept
+    indices [Cp])`` for pass 2: the masks of the concepts present, in concept order."""
 
-    def __init__(self, dataset: Dataset, concepts: list[str], *, with_masks: bool) -> None:
-        self.dataset, self.concepts, self.with_masks = dataset, concepts, with_masks
+    def __init__(self, dataset: Dataset, concepts: list[str], *, masks_of_size: tuple[int, int] | None = None) -> None:
+        self.dataset, self.concepts, self.size = dataset, concepts, masks_of_size
         self.column = {c: j for j, c in enumerate(concepts)}
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> tuple[Any, ...]:
-        item = self.dataset[i]
-        image = item[0] if isinstance(item, (tuple, list)) else item
-        if not isinstance(image, torch.Tensor) or image.dim() != 3:
-            raise ValueError(
-                f"dataset[{i}] must be (image tensor [3, H, W], label) or an image tensor, got "
-                f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}"
-            )
-        if not self.with_masks:
+        if self.size is None:
+            item = self.dataset[i]
+            image = item[0] if isinstance(item, (tuple, list)) else item
+            if not isinstance(image, torch.Tensor) or image.dim() != 3:
+                raise ValueError(
+                    f"dataset[{i}] must be (image tensor [3, H, W], label) or an image tensor, got "
+                    f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}"
+                )
             return image, i
         raw = self.dataset.concept_masks(i)  # type: ignore[attr-defined]
         if not isinstance(raw, dict):
             raise TypeError(f"dataset.concept_masks({i}) must return a dict, got {type(raw).__name__}")
-        size = tuple(image.shape[-2:])
         masks: dict[int, torch.Tensor] = {}
         for name, mask in raw.items():
             if name not in self.column:
@@ -859,48 +982,45 @@ class _Items(Dataset):
                     f"dataset.concept_masks({i}) has concept {name!r}, which is not in "
                     "dataset.concepts"
                 )
-            if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != size:
+            if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != self.size:
                 got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
                 raise ValueError(
                     f"dataset.concept_masks({i})[{name!r}] has shape {got}, but image {i} is "
-                    f"{size[0]}x{size[1]}: a mask must have its image's size"
+                    f"{self.size[0]}x{self.size[1]}: a mask must have its image's size"
                 )
             masks[self.column[name]] = mask if mask.dtype == torch.bool else mask != 0
         columns = sorted(masks)
-        stacked = torch.stack([masks[c] for c in columns]) if columns else torch.zeros((0, *size), dtype=torch.bool)
-        return image, stacked, torch.tensor(columns, dtype=torch.int64), i
+        stacked = torch.stack([masks[c] for c in columns]) if columns else torch.zeros((0, *self.size), dtype=torch.bool)
+        return stacked, torch.tensor(columns, dtype=torch.int64)
 
 
-def _collate_images(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, list[int]]:
+def _collate_images(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     _same_size(items)
-    return torch.stack([it[0] for it in items]), [it[1] for it in items]
+    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items], dtype=torch.int64)
 
 
 class _Collate:
-    """Stack images and, per image, the masks of its present concepts.
+    """Stack, per image, the masks of its present concepts.
 
-    Returns ``images [B, 3, H, W]``, ``masks [B, Cp, H, W]`` bool and ``columns [B, Cp]``
-    (each mask's concept index; ``C`` pads the images with fewer than ``Cp``, the most any
-    image of the batch has). An image shows a handful of the concepts (an object, its colour,
-    a few parts, distractors, background), so this is ~C/Cp times smaller than a dense
-    ``[B, C, H, W]`` stack. :class:`~zflight.analysis._unit_masks.PixelClasses` takes it from
-    there.
+    Returns ``masks [B, Cp, H, W]`` bool and ``columns [B, Cp]`` (each mask's concept index;
+    ``C`` pads the images with fewer than ``Cp``, the most any image of the batch has). An
+    image shows a handful of the concepts (an object, its colour, a few parts, distractors,
+    background), so this is ~C/Cp times smaller than a dense ``[B, C, H, W]`` stack.
+    :class:`~zflight.analysis._unit_masks.PixelClasses` takes it from there.
     """
 
     def __init__(self, n_concepts: int) -> None:
         self.n_concepts = n_concepts
 
-    def __call__(self, items: list[tuple[Any, ...]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        _same_size(items)
-        images = torch.stack([it[0] for it in items])
-        b, (h, w) = len(items), images.shape[-2:]
-        cp = max(1, max(it[1].shape[0] for it in items))
+    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        b, (h, w) = len(items), items[0][0].shape[-2:]
+        cp = max(1, max(it[0].shape[0] for it in items))
         masks = torch.zeros((b, cp, h, w), dtype=torch.bool)
         columns = torch.full((b, cp), self.n_concepts, dtype=torch.int64)
-        for row, (_img, stacked, present, _i) in enumerate(items):
+        for row, (stacked, present) in enumerate(items):
             masks[row, : stacked.shape[0]] = stacked
             columns[row, : present.numel()] = present
-        return images, masks, columns
+        return masks, columns
 
 
 def _same_size(items: list[tuple[Any, ...]]) -> None:
