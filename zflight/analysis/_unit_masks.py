@@ -25,6 +25,7 @@ import torch.nn.functional as F
 # fill a vector with scalar code whose rounding differs by an ulp; padding keeps every map in
 # the vectorized path, so its values do not depend on how many other maps share the call.
 CHANNEL_PAD = 64
+_PAD_BITS = CHANNEL_PAD.bit_length() - 1
 # Elements held at once by one step (32 MiB in float32).
 _MAX_ELEMENTS = 1 << 23
 
@@ -85,9 +86,40 @@ class PixelClasses:
         return cls(classes, incidence, pixels, (h, w))
 
 
+class Workspace:
+    """Scratch tensors reused from one batch to the next.
+
+    The upsampled maps of a batch take tens of MB; allocating them afresh for every batch
+    costs page faults that add up to ~20 % of the counting. A workspace keeps the largest
+    buffer asked for under each name and hands out views of it.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A 1-d tensor of ``numel`` elements (uninitialized), valid until the next ``get`` of
+        ``name``."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self._buffers[name] = buf
+        return buf[:numel]
+
+
+def staging(groups: int, h: int, w: int, dtype: torch.dtype, device: torch.device,
+            workspace: Workspace | None = None) -> torch.Tensor:
+    """An uninitialized ``[groups, CHANNEL_PAD, h, w]`` channels-last tensor (memory order
+    ``[groups, h, w, CHANNEL_PAD]``) for :func:`count_staged`: map ``s`` is ``[s //
+    CHANNEL_PAD, s % CHANNEL_PAD]``."""
+    ws = workspace or Workspace()
+    flat = ws.get("staged", groups * h * w * CHANNEL_PAD, dtype, device)
+    return flat.view(groups, h, w, CHANNEL_PAD).permute(0, 3, 1, 2)
+
+
 def count_masks(
     maps: torch.Tensor, thresholds: torch.Tensor, images: torch.Tensor, units: torch.Tensor,
-    n_units: int, present: PixelClasses,
+    n_units: int, present: PixelClasses, *, workspace: Workspace | None = None,
 ) -> torch.Tensor:
     """Pixels of each mask ``M`` in each pixel class: ``[n_units, n_classes]`` float64.
 
@@ -98,26 +130,58 @@ def count_masks(
         units: ``[S]`` each map's row in the result (a unit has one map per image).
         n_units: rows of the result.
         present: the batch's pixel classes.
+        workspace: scratch buffers to reuse across calls.
 
     Returns:
         Exact integer counts; ``result @ present.incidence`` gives, per unit, the pixels of
         ``M & L_c`` for every concept ``c`` and, in the last column, of ``M``.
     """
+    s, h, w = maps.shape
+    groups = -(-s // CHANNEL_PAD)
+    staged = staging(groups, h, w, maps.dtype, maps.device, workspace)
+    full, rest = divmod(s, CHANNEL_PAD)
+    staged[:full].copy_(maps[: full * CHANNEL_PAD].view(full, CHANNEL_PAD, h, w))
+    if rest:
+        staged[full, :rest].copy_(maps[full * CHANNEL_PAD :])
+        staged[full, rest:].zero_()
+    return count_staged(staged, s, thresholds, images, units, n_units, present, workspace=workspace)
+
+
+def count_staged(
+    staged: torch.Tensor, s: int, thresholds: torch.Tensor, images: torch.Tensor, units: torch.Tensor,
+    n_units: int, present: PixelClasses, *, workspace: Workspace | None = None,
+) -> torch.Tensor:
+    """:func:`count_masks` of the first ``s`` maps of a :func:`staging` tensor (the others are
+    ignored, whatever they hold)."""
+    ws = workspace or Workspace()
     n_classes = present.incidence.shape[0]
     height, width = present.size
-    s = maps.shape[0]
-    total = torch.zeros(n_units * n_classes, dtype=torch.int64, device=maps.device)
-    # Per map: where its row starts in the counts, and its image in the flat pixel classes.
-    unit_base, image_base = units * n_classes, images * (height * width)
+    pixels = height * width
+    device = staged.device
+    total = torch.zeros(n_units * n_classes, dtype=torch.int64, device=device)
+    lanes = staged.shape[0] * CHANNEL_PAD
+    # Padding lanes: an infinite threshold, never exceeded.
+    t = torch.full((lanes,), math.inf, dtype=thresholds.dtype, device=device)
+    t[:s] = thresholds
+    # Per lane: where its row starts in the counts, and where its image's pixel classes start
+    # in the flat ones, less its group's start in the flat [group, pixel] order.
+    unit_base = torch.zeros(lanes, dtype=torch.int64, device=device)
+    unit_base[:s] = units * n_classes
+    image_base = torch.zeros(lanes, dtype=torch.int64, device=device)
+    image_base[:s] = images * pixels
+    image_base -= torch.arange(lanes, device=device) // CHANNEL_PAD * pixels
     pixel_class = present.classes.reshape(-1)
-    step = max(CHANNEL_PAD, _MAX_ELEMENTS // (height * width) // CHANNEL_PAD * CHANNEL_PAD)
-    for start in range(0, s, step):
-        pos = true_positions(upsample_threshold(maps[start : start + step], thresholds[start : start + step], present.size))
-        # pos indexes [groups, H*W, CHANNEL_PAD]: the map, then the pixel, of each True.
-        group_pixel, lane = pos // CHANNEL_PAD, pos % CHANNEL_PAD
-        group = group_pixel // (height * width)
-        j = start + group * CHANNEL_PAD + lane
-        key = unit_base[j] + pixel_class[image_base[j] + group_pixel - group * (height * width)]
+    step = max(1, _MAX_ELEMENTS // (pixels * CHANNEL_PAD))
+    for g0 in range(0, staged.shape[0], step):
+        g1 = min(g0 + step, staged.shape[0])
+        mask = _upsample_threshold_staged(staged[g0:g1], t[g0 * CHANNEL_PAD : g1 * CHANNEL_PAD], (height, width), ws)
+        pos = true_positions(mask)  # indexes [groups, H*W, CHANNEL_PAD]
+        # CHANNEL_PAD is a power of two: shifts and masks, not divisions.
+        group_pixel = pos >> _PAD_BITS  # group * H*W + pixel
+        lane = (group_pixel // pixels + g0) << _PAD_BITS | (pos & (CHANNEL_PAD - 1))
+        key = unit_base.index_select(0, lane) + pixel_class.index_select(
+            0, image_base.index_select(0, lane) + group_pixel + g0 * pixels
+        )
         total += torch.bincount(key, minlength=total.numel())
     return total.view(n_units, n_classes).to(torch.float64)
 
@@ -129,19 +193,31 @@ def upsample_threshold(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple
         ``[G, H*W, CHANNEL_PAD]`` bool, contiguous: map ``g * CHANNEL_PAD + j`` is
         ``[g, :, j]`` (maps past ``S`` pad the last group and are all False).
     """
-    s, (height, width) = maps.shape[0], size
-    pad = -s % CHANNEL_PAD
-    if pad:
-        maps = torch.cat([maps, maps.new_zeros((pad, *maps.shape[1:]))])
-        thresholds = torch.cat([thresholds, thresholds.new_full((pad,), math.inf)])
-    groups = (s + pad) // CHANNEL_PAD
+    s, h, w = maps.shape
+    groups = -(-s // CHANNEL_PAD)
+    pad = groups * CHANNEL_PAD - s
+    maps = torch.cat([maps, maps.new_zeros((pad, h, w))]) if pad else maps
+    thresholds = torch.cat([thresholds, thresholds.new_full((pad,), math.inf)]) if pad else thresholds
+    staged = maps.reshape(groups, CHANNEL_PAD, h, w).contiguous(memory_format=torch.channels_last)
+    return _upsample_threshold_staged(staged, thresholds, size, Workspace()).clone()
+
+
+def _upsample_threshold_staged(
+    staged: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int], ws: Workspace
+) -> torch.Tensor:
+    """The staged maps upsampled and compared with ``thresholds [G * CHANNEL_PAD]``:
+    ``[G, H*W, CHANNEL_PAD]`` bool in ``ws`` (valid until its next use)."""
+    groups, (height, width) = staged.shape[0], size
+    numel = groups * height * width * CHANNEL_PAD
     # Channels-last, CHANNEL_PAD maps a batch entry: the CPU kernel's fast path (10-20x one
-    # map per entry); the comparison keeps that layout, so it needs no transposition.
-    stacked = maps.reshape(groups, CHANNEL_PAD, *maps.shape[1:]).contiguous(memory_format=torch.channels_last)
-    up = F.interpolate(stacked, size=size, mode="bilinear", align_corners=False)
+    # map per entry). The output goes to a reused buffer (aten's out= form of the op
+    # F.interpolate calls: the same kernel, bit for bit).
+    up = ws.get("up", numel, staged.dtype, staged.device).view(groups, height, width, CHANNEL_PAD)
+    torch.ops.aten.upsample_bilinear2d.out(staged, [height, width], False, None, None, out=up.permute(0, 3, 1, 2))
+    mask = ws.get("mask", numel, torch.bool, staged.device).view(groups, height * width, CHANNEL_PAD)
     # [G, H, W, CHANNEL_PAD] is the memory order: compare along it, thresholds innermost.
-    up = up.permute(0, 2, 3, 1).reshape(groups, height * width, CHANNEL_PAD)
-    return up > thresholds.reshape(groups, 1, CHANNEL_PAD)
+    torch.gt(up.view(groups, height * width, CHANNEL_PAD), thresholds.view(groups, 1, CHANNEL_PAD), out=mask)
+    return mask
 
 
 def true_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -156,5 +232,5 @@ def true_positions(mask: torch.Tensor) -> torch.Tensor:
     words = flat.view(torch.int64)
     hit = words.nonzero().squeeze(1)
     # The words' bytes, in memory order, are the bools (a bool is one byte, 0 or 1).
-    word, byte = words[hit].view(torch.uint8).view(-1, 8).nonzero(as_tuple=True)
-    return hit[word] * 8 + byte
+    byte = words.index_select(0, hit).view(torch.uint8).nonzero().squeeze(1)
+    return hit.index_select(0, byte >> 3) << 3 | (byte & 7)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from zflight.analysis._unit_masks import PixelClasses, count_masks, true_positions
+from zflight.analysis._unit_masks import PixelClasses, Workspace, count_masks, true_positions
 from zflight.attribution._layers import (
     LayerNotReachedError,
     forward_until,
@@ -358,7 +358,8 @@ def dissect(
         with preserve_modes(model, eval_mode=True), torch.inference_mode():
             # Pass 1, the only forward pass: every unit's running top-m activations, each
             # with its image, position and 3x3 neighbourhood.
-            for images, index in DataLoader(
+            first = 0  # the batch's first row in the shard
+            for images, _index in DataLoader(
                 _Items(dataset, concepts),
                 batch_size=batch_size,
                 sampler=shard,
@@ -367,11 +368,12 @@ def dissect(
                 image_size = _check_image_size(images, image_size)
                 outs = _capture(model, order, keys, images.to(device, non_blocking=True))
                 for state, out in zip(states, outs):
-                    state.update_top(out, index.to(device), n_images, quantile)
+                    state.update_top(out, first, n_images, quantile)
+                first += images.shape[0]
                 bar.update(images.shape[0])
         assert image_size is not None  # the data set is not empty
         for state in states:
-            state.finish_thresholds(quantile, world, rank)
+            state.finish_thresholds(quantile, world)
         # Every unit's pixel counts, all layers in one matrix (one all_reduce under DDP):
         # |M_k & L_c| for c < C, a column for the padding of present-concept lists, |M_k|.
         units = [state.thresholds.numel() for state in states]
@@ -381,6 +383,7 @@ def dissect(
         # Pass 2, the concept masks only: pixel counts of M_k & L_c, M_k and L_c, with each
         # M_k rebuilt from the activations pass 1 kept (no second forward pass).
         concept_pixels = torch.zeros(len(concepts) + 2, dtype=torch.float64, device=device)
+        workspace = Workspace()  # the upsampled maps' buffers, reused batch after batch
         first = 0  # the batch's first row in the shard
         for masks, columns in DataLoader(
             _Items(dataset, concepts, masks_of_size=image_size),
@@ -391,7 +394,8 @@ def dissect(
             present = PixelClasses.of(masks.to(device, non_blocking=True), columns.to(device), len(concepts))
             concept_pixels += present.pixels
             rows = (first, first + masks.shape[0])
-            _add_counts(counts, [(state, offset, state.masks_of(*rows)) for state, offset in zip(states, offsets)], present)
+            maps = [(state, offset, state.masks_of(*rows)) for state, offset in zip(states, offsets)]
+            _add_counts(counts, maps, present, workspace)
             first = rows[1]
             bar.update(masks.shape[0])
     finally:
@@ -652,8 +656,11 @@ class _LayerState:
         self.slot_rows = torch.empty(0, dtype=torch.int64)
 
     # ---- pass 1
-    def update_top(self, out: torch.Tensor, index: torch.Tensor, n_images: int, quantile: float) -> None:
-        """Add one batch's maps ``out`` of images ``index`` (data set indices) to the top values."""
+    def update_top(self, out: torch.Tensor, first_row: int, n_images: int, quantile: float) -> None:
+        """Add one batch's maps ``out``, of the shard's images ``first_row ..``, to the top values.
+
+        Each value's place is kept as its index in the shard's ``[rows, K, h, w]`` activations.
+        """
         a = _as_maps(out, self.key).contiguous()
         units, h, w = a.shape[1:]
         if self.feature_size is None:
@@ -664,6 +671,7 @@ class _LayerState:
             self.where = torch.empty((units, 0), dtype=torch.int64, device=a.device)
             self.around = a.new_empty((units, 0, 9))
             self.has_nan = torch.zeros(units, dtype=torch.bool, device=a.device)
+        offset = first_row * units * h * w
         # amax propagates NaN: torch.quantile returns NaN for a unit with any NaN, so do we.
         self.has_nan |= torch.isnan(a.amax(dim=(2, 3)).amax(dim=0))
         if self.top.shape[1] < self.m:
@@ -671,16 +679,16 @@ class _LayerState:
             values = torch.where(torch.isnan(values), float("-inf"), values)
             old = self.top.shape[1]
             values, keep = self._select(torch.cat([self.top, values], dim=1))
-            # Entries from this batch: image row and position; their neighbourhoods are read
-            # for every kept entry (cheap: this happens for the first m values only).
+            # Entries from this batch and their neighbourhoods (read for every kept entry:
+            # cheap, as this happens for the data set's first m values only).
             j = (keep - old).clamp_min(0)
-            b, pos = j // (h * w), j % (h * w)
-            k = torch.arange(units, device=a.device)[:, None].expand_as(b)
+            k = torch.arange(units, device=a.device)[:, None]
+            pos = (j // (h * w) * units + k) * (h * w) + j % (h * w)  # in [B, K, h, w]
             new = keep >= old
-            kept_old = keep.clamp_max(max(old - 1, 0))
-            where = index[b] * (h * w) + pos
-            around = _neighbourhoods(a, b.reshape(-1), k.reshape(-1), pos.reshape(-1)).view(*b.shape, 9)
+            where = pos + offset
+            around = _neighbourhoods(a, pos.reshape(-1)).view(*pos.shape, 9)
             if old:
+                kept_old = keep.clamp_max(old - 1)
                 where = torch.where(new, where, self.where.gather(1, kept_old))
                 around = torch.where(new[..., None], around, _gather_rows(self.around, kept_old))
             self.top, self.where, self.around = values, where, around
@@ -692,9 +700,8 @@ class _LayerState:
         if pos.numel() == 0:
             return
         # pos indexes [B, K, h, w]; sorted, so the candidates come grouped by image, not unit.
-        b, k, p = pos // (units * h * w), pos // (h * w) % units, pos % (h * w)
-        values, where = a.reshape(-1)[pos], index[b] * (h * w) + p
-        around = _neighbourhoods(a, b, k, p)
+        k = pos // (h * w) % units
+        values, where, around = a.view(-1).index_select(0, pos), pos + offset, _neighbourhoods(a, pos)
         per_unit = torch.bincount(k, minlength=units)
         order = torch.argsort(k, stable=True)
         k = k[order]
@@ -738,7 +745,7 @@ class _LayerState:
         self.top, self.where, self.around = values, where.gather(1, keep), _gather_rows(around, keep)
         self.pending, self.pending_width = [], 0
 
-    def finish_thresholds(self, quantile: float, world: int, rank: int) -> None:
+    def finish_thresholds(self, quantile: float, world: int) -> None:
         """Turn the top values into ``T_k``, as ``torch.quantile`` of all the values gives, and
         index the kept values that reach a mask by shard row for pass 2."""
         self._merge_pending()
@@ -758,21 +765,20 @@ class _LayerState:
         h, w = self.feature_size
         k, j = (self.top > _below(self.thresholds)[:, None]).nonzero(as_tuple=True)
         where, around = self.where[k, j], self.around[k, j]
-        row = (where // (h * w) - rank) // world  # the image's place in this rank's shard
+        row, pos = where // (units * h * w), where % (h * w)  # the image's place in the shard
         key = row * units + k
         order = torch.argsort(key)
-        key, pos, around = key[order], (where % (h * w))[order], around[order]
+        key, pos, self.values = key[order], pos[order], around[order]
         self.slot_key, slot_of = torch.unique_consecutive(key, return_inverse=True)
-        self.rows = key // units
-        # Each neighbourhood's 9 entries in its map. Those past the map's edge were read
-        # clamped, so they hold the activation of the entry they land on, like the rest.
-        i, jj = pos // w, pos % w
+        self.rows, self.slot_rows = key // units, self.slot_key // units
+        # Each neighbourhood entry's place in a stack of maps with one spare entry each
+        # ([slots, h * w + 1]): the spare takes the entries past the map's edge.
         offsets = torch.arange(-1, 2, device=pos.device)
-        spots = ((i[:, None, None] + offsets[None, :, None]).clamp(0, h - 1) * w
-                 + (jj[:, None, None] + offsets[None, None, :]).clamp(0, w - 1)).reshape(-1, 9)
-        self.spots = spots + slot_of[:, None] * (h * w)
-        self.values = around
-        self.slot_rows = self.slot_key // units
+        i = (pos // w)[:, None, None] + offsets[None, :, None]
+        jj = (pos % w)[:, None, None] + offsets[None, None, :]
+        inside = (i >= 0) & (i < h) & (jj >= 0) & (jj < w)
+        spots = torch.where(inside, i * w + jj, h * w).reshape(-1, 9)
+        self.spots = spots + slot_of[:, None] * (h * w + 1)
         self.top = self.where = self.around = torch.empty(0)  # no longer needed
 
     # ---- pass 2
@@ -790,9 +796,10 @@ class _LayerState:
         bounds = torch.tensor([first, stop], device=self.rows.device)
         lo, hi = torch.searchsorted(self.rows, bounds).tolist()
         s_lo, s_hi = torch.searchsorted(self.slot_rows, bounds).tolist()
-        maps = self.values.new_full((s_hi - s_lo, h, w), float("-inf"))
+        maps = self.values.new_full((s_hi - s_lo, h * w + 1), float("-inf"))
         # Overlapping neighbourhoods write the same activation to a shared entry.
-        maps.view(-1)[self.spots[lo:hi] - s_lo * (h * w)] = self.values[lo:hi]
+        maps.view(-1)[self.spots[lo:hi] - s_lo * (h * w + 1)] = self.values[lo:hi]
+        maps = maps[:, : h * w].view(-1, h, w)
         key = self.slot_key[s_lo:s_hi]
         k = key % units
         return maps, self.thresholds[k], key // units - first, k
@@ -821,7 +828,8 @@ class _LayerState:
 
 
 def _add_counts(
-    counts: torch.Tensor, layers: list[tuple[_LayerState, int, tuple[torch.Tensor, ...]]], present: PixelClasses
+    counts: torch.Tensor, layers: list[tuple[_LayerState, int, tuple[torch.Tensor, ...]]],
+    present: PixelClasses, workspace: Workspace,
 ) -> None:
     """Add one batch's ``|M_k & L_c|`` and ``|M_k|`` to ``counts`` (rows: units of all layers).
 
@@ -837,7 +845,7 @@ def _add_counts(
         b, rows, maps, thresholds = (torch.cat([p[i] for p in parts]) for i in range(4))
         if b.numel() == 0:
             continue
-        got = count_masks(maps, thresholds, b, rows, counts.shape[0], present)
+        got = count_masks(maps, thresholds, b, rows, counts.shape[0], present, workspace=workspace)
         per_class = got if per_class is None else per_class + got
     if per_class is not None:
         counts += per_class @ present.incidence
@@ -852,15 +860,15 @@ def _below(values: torch.Tensor) -> torch.Tensor:
     return values - 16 * torch.finfo(values.dtype).eps * values.abs()
 
 
-def _neighbourhoods(a: torch.Tensor, b: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """The 3x3 activations around positions ``pos`` of maps ``a[b, k]``: ``[n, 9]``, rows
-    above, at and below; past the map's edge, the entry clamped to it."""
-    units, h, w = a.shape[1:]
-    offsets = torch.arange(-1, 2, device=a.device)
-    i = (pos // w)[:, None, None] + offsets[None, :, None]
-    j = (pos % w)[:, None, None] + offsets[None, None, :]
-    flat = ((b * units + k) * h)[:, None, None] + i.clamp(0, h - 1)
-    return a.reshape(-1)[(flat * w + j.clamp(0, w - 1)).reshape(-1, 9)]
+def _neighbourhoods(a: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The 3x3 activations around flat positions ``pos`` of the contiguous maps ``a [B, K, h,
+    w]``: ``[n, 9]``, rows above, at and below. Entries past a map's edge are read from
+    wherever the flat offset lands (clamped to ``a``): :meth:`_LayerState.finish_thresholds`
+    drops them."""
+    _b, _k, h, w = a.shape
+    offsets = (torch.arange(-1, 2, device=a.device)[:, None] * w + torch.arange(-1, 2, device=a.device)).reshape(-1)
+    flat = (pos[:, None] + offsets).clamp_(0, a.numel() - 1)
+    return a.view(-1).index_select(0, flat.view(-1)).view(-1, 9)
 
 
 def _gather_rows(around: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
