@@ -173,6 +173,41 @@ def test_equals_brute_force_on_shapes_concepts():
     assert set(result.summary()["features.conv2"]["families"]) == families
 
 
+def test_runs_one_forward_pass_over_the_data():
+    # Pass 2 rebuilds every map that can reach a mask from what pass 1 kept: no second forward.
+    model, calls = small_cnn(), []
+    model.conv1.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    dissect(model, FakeConcepts(23, size=32, seed=1), ["conv1", "conv3"], batch_size=5, progress=False)
+    assert calls == [5, 5, 5, 5, 3]
+
+
+class _Steps(nn.Module):
+    """Activations rounded to steps of 0.25: thousands of ties, at the threshold too."""
+
+    def forward(self, x):
+        return torch.round(x * 4) / 4
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "negative values too"])
+def test_tied_activations_at_the_threshold_equal_brute_force(relu):
+    # Values equal to T_k beyond the top m can still reach M_k through the kernel's rounding:
+    # dissect keeps them (and near-ties) in pass 1. Compared exactly, as the other tests.
+    torch.manual_seed(1)
+    layers = [("conv", nn.Conv2d(3, 16, 3, stride=2, padding=1))]
+    layers += [("relu", nn.ReLU())] if relu else []
+    model = nn.Sequential(OrderedDict([*layers, ("steps", _Steps())]))
+    data = FakeConcepts(30, size=29, seed=6)  # 15x15 maps: inexact bilinear weights
+    expected = brute_force(model, data, ["steps"], 0.02, 0.04)
+    result = dissect(model, data, "steps", quantile=0.02, batch_size=8, progress=False)
+    _assert_matches(result, expected, ["steps"])
+    # The test is not vacuous: thresholds sit on tied values.
+    with torch.no_grad():
+        acts = model(torch.stack([data[i][0] for i in range(len(data))]))
+    thresholds = result.layers["steps"].thresholds
+    ties = (acts == thresholds[None, :, None, None]).sum(dim=(0, 2, 3))
+    assert (ties > 10).sum() >= 8
+
+
 def test_nan_activations_give_nan_thresholds_as_torch_quantile():
     class NaNUnit(nn.Module):
         def forward(self, x):

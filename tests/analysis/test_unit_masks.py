@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zflight.analysis._unit_masks import PixelClasses, count_masks, true_positions
+from zflight.analysis._unit_masks import PixelClasses, Workspace, count_masks, true_positions, upsample_threshold
 
 
 def _random_masks(b: int, cp: int, h: int, w: int, n_concepts: int, seed: int):
@@ -79,3 +79,31 @@ def test_count_masks_equal_a_dense_count_of_upsampled_masks(h, w, size):
     assert torch.equal(got[:, :n_concepts], expected)
     assert torch.equal(got[:, -1], flat.sum(dim=(0, 2)))
     assert (got[:, n_concepts] == 0).all()
+
+
+def test_count_masks_with_a_reused_workspace_equals_fresh_buffers():
+    # The workspace hands out views of buffers from earlier (larger and smaller) calls; the
+    # counts must not depend on what those buffers held.
+    torch.manual_seed(3)
+    masks, columns = _random_masks(4, 3, 64, 64, 6, seed=2)
+    present = PixelClasses.of(masks, columns, 6)
+    workspace = Workspace()
+    for s, (h, w) in [(150, (6, 6)), (70, (30, 30)), (9, (3, 3)), (150, (6, 6))]:
+        maps = torch.randn(s, h, w)
+        maps[::7] = float("-inf")  # as dissect's rebuilt maps hold -inf where nothing was kept
+        thresholds = torch.rand(s) + 0.5
+        images, units = torch.arange(s) % 4, torch.arange(s) % 11
+        fresh = count_masks(maps, thresholds, images, units, 11, present)
+        reused = count_masks(maps, thresholds, images, units, 11, present, workspace=workspace)
+        assert torch.equal(fresh, reused)
+        assert fresh.sum() > 0
+
+
+def test_upsample_threshold_is_f_interpolate_above_the_threshold():
+    torch.manual_seed(4)
+    maps, thresholds = torch.randn(70, 7, 5), torch.randn(70)
+    got = upsample_threshold(maps, thresholds, (33, 20))  # [2 groups, H*W, 64]
+    up = F.interpolate(maps[None], size=(33, 20), mode="bilinear", align_corners=False)[0]
+    want = up.reshape(70, -1) > thresholds[:, None]
+    assert torch.equal(got.transpose(1, 2).reshape(-1, 33 * 20)[:70], want)
+    assert not got.transpose(1, 2).reshape(-1, 33 * 20)[70:].any()  # the padding lanes
