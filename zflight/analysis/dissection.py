@@ -647,11 +647,12 @@ class _LayerState:
         self.has_nan = torch.empty(0, dtype=torch.bool)
         self.thresholds = torch.empty(0)
         # Pass 2: the neighbourhoods of the kept values above _below(T_k), sorted by (shard
-        # row, unit): each one's row, its 9 values and their places in a stack of maps, one
-        # map per (row, unit) ("slot", keyed row * K + unit).
+        # row, unit): each one's row, 9 values, centre and map ("slot": one per (row, unit),
+        # keyed row * K + unit).
         self.rows = torch.empty(0, dtype=torch.int64)
         self.values = torch.empty(0)
-        self.spots = torch.empty(0, dtype=torch.int64)
+        self.pos = torch.empty(0, dtype=torch.int64)
+        self.slot_of = torch.empty(0, dtype=torch.int64)
         self.slot_key = torch.empty(0, dtype=torch.int64)
         self.slot_rows = torch.empty(0, dtype=torch.int64)
 
@@ -749,13 +750,15 @@ class _LayerState:
         """Turn the top values into ``T_k``, as ``torch.quantile`` of all the values gives, and
         index the kept values that reach a mask by shard row for pass 2."""
         self._merge_pending()
-        top, has_nan = self.top.sort(dim=1, descending=True).values[:, : self.m], self.has_nan
+        below, above, weight, _m = _quantile_ranks(self.n_total, quantile, self.top.dtype)
+        # Both read positions are among the top m: the m-th largest (ascending position
+        # below = n_total - m) and, if above > below, the (m - 1)-th.
+        top, has_nan = self.top, self.has_nan
         if world > 1:
-            top, has_nan = _merge_top(top, has_nan, self.m)
-        below, above, weight, _m = _quantile_ranks(self.n_total, quantile, top.dtype)
-        # Descending position j holds ascending position n_total - 1 - j.
-        v_below = top[:, self.n_total - 1 - below]
-        v_above = top[:, self.n_total - 1 - above]
+            top, has_nan = _merge_top(top.topk(self.m, dim=1).values, has_nan, self.m)
+        lowest = top.topk(self.m, dim=1, sorted=False).values.topk(min(2, self.m), dim=1, largest=False).values
+        v_below = lowest[:, 0]
+        v_above = lowest[:, above - below]
         units = top.shape[0]
         thresholds = torch.lerp(v_below, v_above, weight.to(top.device).expand(units))
         self.thresholds = torch.where(has_nan, float("nan"), thresholds)
@@ -763,22 +766,16 @@ class _LayerState:
         # This rank's kept values that may reach a mask (NaN thresholds: none), by (row, unit).
         assert self.feature_size is not None
         h, w = self.feature_size
-        k, j = (self.top > _below(self.thresholds)[:, None]).nonzero(as_tuple=True)
-        where, around = self.where[k, j], self.around[k, j]
+        # (Flat index_select: 2-d advanced indexing is several times slower on the CPU.)
+        flat = (self.top > _below(self.thresholds)[:, None]).view(-1).nonzero().squeeze(1)
+        where = self.where.view(-1).index_select(0, flat)
         row, pos = where // (units * h * w), where % (h * w)  # the image's place in the shard
-        key = row * units + k
-        order = torch.argsort(key)
-        key, pos, self.values = key[order], pos[order], around[order]
-        self.slot_key, slot_of = torch.unique_consecutive(key, return_inverse=True)
+        key = row * units + flat // self.top.shape[1]
+        key, order = torch.sort(key)
+        self.pos = pos.index_select(0, order)  # each neighbourhood's centre in its map
+        self.values = self.around.view(-1, 9).index_select(0, flat.index_select(0, order))
+        self.slot_key, self.slot_of = torch.unique_consecutive(key, return_inverse=True)
         self.rows, self.slot_rows = key // units, self.slot_key // units
-        # Each neighbourhood entry's place in a stack of maps with one spare entry each
-        # ([slots, h * w + 1]): the spare takes the entries past the map's edge.
-        offsets = torch.arange(-1, 2, device=pos.device)
-        i = (pos // w)[:, None, None] + offsets[None, :, None]
-        jj = (pos % w)[:, None, None] + offsets[None, None, :]
-        inside = (i >= 0) & (i < h) & (jj >= 0) & (jj < w)
-        spots = torch.where(inside, i * w + jj, h * w).reshape(-1, 9)
-        self.spots = spots + slot_of[:, None] * (h * w + 1)
         self.top = self.where = self.around = torch.empty(0)  # no longer needed
 
     # ---- pass 2
@@ -797,8 +794,12 @@ class _LayerState:
         lo, hi = torch.searchsorted(self.rows, bounds).tolist()
         s_lo, s_hi = torch.searchsorted(self.slot_rows, bounds).tolist()
         maps = self.values.new_full((s_hi - s_lo, h * w + 1), float("-inf"))
-        # Overlapping neighbourhoods write the same activation to a shared entry.
-        maps.view(-1)[self.spots[lo:hi] - s_lo * (h * w + 1)] = self.values[lo:hi]
+        # Each neighbourhood entry's place in its map (the spare h * w past the map's edge).
+        spots = _spots(h, w, maps.device).index_select(0, self.pos[lo:hi])
+        spots += (self.slot_of[lo:hi] - s_lo)[:, None] * (h * w + 1)
+        # Overlapping neighbourhoods write the same activation to a shared entry (and the
+        # entries past an edge, whatever they hold, to the spare one).
+        maps.view(-1).index_copy_(0, spots.view(-1), self.values[lo:hi].view(-1))
         maps = maps[:, : h * w].view(-1, h, w)
         key = self.slot_key[s_lo:s_hi]
         k = key % units
@@ -869,6 +870,19 @@ def _neighbourhoods(a: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     offsets = (torch.arange(-1, 2, device=a.device)[:, None] * w + torch.arange(-1, 2, device=a.device)).reshape(-1)
     flat = (pos[:, None] + offsets).clamp_(0, a.numel() - 1)
     return a.view(-1).index_select(0, flat.view(-1)).view(-1, 9)
+
+
+@functools.lru_cache(maxsize=16)
+def _spots(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """``[h * w, 9]``: for each position of an ``h x w`` map, where its 3x3 neighbourhood
+    (rows above, at and below) lies in the map's ``h * w + 1`` entries, ``h * w`` (the spare)
+    for those past the edge."""
+    offsets = torch.arange(-1, 2, device=device)
+    pos = torch.arange(h * w, device=device)
+    i = (pos // w)[:, None, None] + offsets[None, :, None]
+    j = (pos % w)[:, None, None] + offsets[None, None, :]
+    inside = (i >= 0) & (i < h) & (j >= 0) & (j < w)
+    return torch.where(inside, i * w + j, h * w).reshape(-1, 9)
 
 
 def _gather_rows(around: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
