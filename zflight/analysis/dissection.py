@@ -13,9 +13,12 @@ al.'s, exactly:
 - the unit's label is the concept of largest IoU (the first one on ties), and the unit is a
   *detector* where that IoU exceeds ``iou_threshold``.
 
-It takes two passes over the data (thresholds, then IoU), one forward pass per batch each, and
-its memory does not depend on the number of images except through the top values a quantile
-needs (``quantile * N * h * w`` values per unit, 0.5 % of one layer's activations by default).
+It takes two passes over the data but only one forward pass: the first pass runs the model and
+keeps each unit's top values (those the quantile reads, with their places and 3x3
+neighbourhoods); the second reads the concept masks and rebuilds, from what the first kept,
+every map that can reach a mask. Its memory does not depend on the number of images except
+through those top values (``quantile * N * h * w`` per unit, 0.5 % of a layer's activations by
+default, each with 9 neighbours and a place).
 
 Example:
     >>> import zflight
@@ -277,15 +280,17 @@ def dissect(
 ) -> Dissection:
     """Label every unit of ``layers`` with the concept it detects (Network Dissection).
 
-    Two passes over ``dataset``, one forward pass per batch each, stopped after the last
-    requested layer: the first finds every unit's threshold (exactly the ``torch.quantile`` of
-    all its activations, from a running top-``m`` per unit, ``m`` being the number of top
-    values that quantile reads), the second counts, per unit and concept, the pixels of
-    ``M_k & L_c`` and of ``M_k`` and ``L_c`` over the data set. Only the maps whose maximum can
-    exceed their unit's threshold are upsampled (a bilinear value is a convex combination of
-    four activations, so the other maps' masks are empty), and the few pixels inside each
-    mask are counted sparsely, per class of pixels that share their concepts
-    (:mod:`zflight.analysis._unit_masks`).
+    Two passes over ``dataset``, one forward pass in all, stopped after the last requested
+    layer. The first finds every unit's threshold (exactly the ``torch.quantile`` of all its
+    activations, from a running top-``m`` per unit, ``m`` being the number of top values that
+    quantile reads) and keeps, with each top value, its image, position and 3x3 neighbourhood.
+    The second reads only the concept masks and counts, per unit and concept, the pixels of
+    ``M_k & L_c`` and of ``M_k`` and ``L_c`` over the data set. A bilinear pixel is a convex
+    combination of four activations, so it exceeds ``T_k`` only next to a kept value (up to
+    rounding, which the kept near-ties cover), and all four lie in that value's neighbourhood:
+    the maps rebuilt from the neighbourhoods upsample to the very masks a second forward pass
+    would give. The few pixels inside each mask are counted sparsely, per class of pixels that
+    share their concepts (:mod:`zflight.analysis._unit_masks`).
 
     The model runs in ``eval()`` mode without gradients and is left as found: every
     submodule's ``training`` flag is restored and no hook stays registered, also when the
