@@ -627,8 +627,8 @@ class _LayerState:
     """One layer's running top activations (pass 1) and the maps rebuilt from them (pass 2).
 
     Pass 1 keeps, per unit, the ``m`` largest activations the quantile reads, plus any value
-    within rounding of the ``m``-th (:func:`_below`), each with where it is (``image * h * w +
-    position``) and its 3x3 neighbourhood. After the thresholds, the kept values above
+    within rounding of the ``m``-th (:func:`_below`), each with where it is (its index in the
+    shard's ``[rows, K, h, w]`` activations) and its 3x3 neighbourhood. After the thresholds, the kept values above
     ``_below(T_k)`` are all a mask needs: a bilinear pixel reads the four activations around
     it, so a pixel of ``M_k`` has a source above ``_below(T_k)`` (else it would be <= ``T_k``,
     rounding included), and all four of its sources lie in that source's neighbourhood. A map
