@@ -7,7 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zflight.analysis._unit_masks import PixelClasses, Workspace, count_masks, true_positions, upsample_threshold
+from zflight.analysis._unit_masks import (
+    PixelClasses,
+    Workspace,
+    count_masks,
+    true_positions,
+    upsample_threshold,
+)
 
 
 def _random_masks(b: int, cp: int, h: int, w: int, n_concepts: int, seed: int):

@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 # Maps upsampled by PyTorch's kernel go in a channels-last tensor padded to a multiple of this
 # many channels. The CPU kernel vectorizes over channels and handles a remainder that does not

@@ -42,7 +42,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from zflight.analysis._unit_masks import PixelClasses, Workspace, count_masks, true_positions
+from zflight.analysis._unit_masks import (
+    PixelClasses,
+    Workspace,
+    count_masks,
+    true_positions,
+)
 from zflight.attribution._layers import (
     LayerNotReachedError,
     forward_until,
@@ -869,10 +874,11 @@ def _below(values: torch.Tensor) -> torch.Tensor:
 def _neighbourhoods(a: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """The 3x3 activations around flat positions ``pos`` of the contiguous maps ``a [B, K, h,
     w]``: ``[n, 9]``, rows above, at and below. Entries past a map's edge are read from
-    wherever the flat offset lands (clamped to ``a``): :meth:`_LayerState.finish_thresholds`
-    drops them."""
-    _b, _k, h, w = a.shape
-    offsets = (torch.arange(-1, 2, device=a.device)[:, None] * w + torch.arange(-1, 2, device=a.device)).reshape(-1)
+    wherever the flat offset lands (clamped to ``a``): pass 2 writes them to a spare entry
+    (:func:`_spots`), never into a map."""
+    w = a.shape[-1]
+    step = torch.arange(-1, 2, device=a.device)
+    offsets = (step[:, None] * w + step).reshape(-1)
     flat = (pos[:, None] + offsets).clamp_(0, a.numel() - 1)
     return a.view(-1).index_select(0, flat.view(-1)).view(-1, 9)
 
