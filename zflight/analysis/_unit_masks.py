@@ -106,16 +106,6 @@ class Workspace:
         return buf[:numel]
 
 
-def staging(groups: int, h: int, w: int, dtype: torch.dtype, device: torch.device,
-            workspace: Workspace | None = None) -> torch.Tensor:
-    """An uninitialized ``[groups, CHANNEL_PAD, h, w]`` channels-last tensor (memory order
-    ``[groups, h, w, CHANNEL_PAD]``) for :func:`count_staged`: map ``s`` is ``[s //
-    CHANNEL_PAD, s % CHANNEL_PAD]``."""
-    ws = workspace or Workspace()
-    flat = ws.get("staged", groups * h * w * CHANNEL_PAD, dtype, device)
-    return flat.view(groups, h, w, CHANNEL_PAD).permute(0, 3, 1, 2)
-
-
 def count_masks(
     maps: torch.Tensor, thresholds: torch.Tensor, images: torch.Tensor, units: torch.Tensor,
     n_units: int, present: PixelClasses, *, workspace: Workspace | None = None,
@@ -135,39 +125,20 @@ def count_masks(
         Exact integer counts; ``result @ present.incidence`` gives, per unit, the pixels of
         ``M & L_c`` for every concept ``c`` and, in the last column, of ``M``.
     """
-    s, h, w = maps.shape
-    groups = -(-s // CHANNEL_PAD)
-    staged = staging(groups, h, w, maps.dtype, maps.device, workspace)
-    full, rest = divmod(s, CHANNEL_PAD)
-    staged[:full].copy_(maps[: full * CHANNEL_PAD].view(full, CHANNEL_PAD, h, w))
-    if rest:
-        staged[full, :rest].copy_(maps[full * CHANNEL_PAD :])
-        staged[full, rest:].zero_()
-    return count_staged(staged, s, thresholds, images, units, n_units, present, workspace=workspace)
-
-
-def count_staged(
-    staged: torch.Tensor, s: int, thresholds: torch.Tensor, images: torch.Tensor, units: torch.Tensor,
-    n_units: int, present: PixelClasses, *, workspace: Workspace | None = None,
-) -> torch.Tensor:
-    """:func:`count_masks` of the first ``s`` maps of a :func:`staging` tensor (the others are
-    ignored, whatever they hold)."""
     ws = workspace or Workspace()
+    staged = _stage(maps, ws)
     n_classes = present.incidence.shape[0]
     height, width = present.size
     pixels = height * width
-    device = staged.device
+    device = maps.device
     total = torch.zeros(n_units * n_classes, dtype=torch.int64, device=device)
     lanes = staged.shape[0] * CHANNEL_PAD
     # Padding lanes: an infinite threshold, never exceeded.
-    t = torch.full((lanes,), math.inf, dtype=thresholds.dtype, device=device)
-    t[:s] = thresholds
+    t = _pad_lanes(thresholds, lanes, math.inf)
     # Per lane: where its row starts in the counts, and where its image's pixel classes start
     # in the flat ones, less its group's start in the flat [group, pixel] order.
-    unit_base = torch.zeros(lanes, dtype=torch.int64, device=device)
-    unit_base[:s] = units * n_classes
-    image_base = torch.zeros(lanes, dtype=torch.int64, device=device)
-    image_base[:s] = images * pixels
+    unit_base = _pad_lanes(units * n_classes, lanes, 0)
+    image_base = _pad_lanes(images * pixels, lanes, 0)
     image_base -= torch.arange(lanes, device=device) // CHANNEL_PAD * pixels
     pixel_class = present.classes.reshape(-1)
     step = max(1, _MAX_ELEMENTS // (pixels * CHANNEL_PAD))
@@ -186,19 +157,39 @@ def count_staged(
 
 
 def upsample_threshold(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``F.interpolate(map, size, bilinear, align_corners=False) > T`` by PyTorch's kernel.
+    """``F.interpolate(map, size, bilinear, align_corners=False) > T`` by PyTorch's kernel,
+    as :func:`count_masks` computes it.
 
     Returns:
         ``[G, H*W, CHANNEL_PAD]`` bool, contiguous: map ``g * CHANNEL_PAD + j`` is
         ``[g, :, j]`` (maps past ``S`` pad the last group and are all False).
     """
+    ws = Workspace()
+    staged = _stage(maps, ws)
+    t = _pad_lanes(thresholds, staged.shape[0] * CHANNEL_PAD, math.inf)
+    return _upsample_threshold_staged(staged, t, size, ws).clone()
+
+
+def _stage(maps: torch.Tensor, ws: Workspace) -> torch.Tensor:
+    """``maps [S, h, w]`` as a ``[G, CHANNEL_PAD, h, w]`` channels-last tensor in ``ws``
+    (memory order ``[G, h, w, CHANNEL_PAD]``): map ``s`` is ``[s // CHANNEL_PAD, s %
+    CHANNEL_PAD]``, and the lanes past ``S`` hold zeros."""
     s, h, w = maps.shape
-    groups = -(-s // CHANNEL_PAD)
-    pad = groups * CHANNEL_PAD - s
-    maps = torch.cat([maps, maps.new_zeros((pad, h, w))]) if pad else maps
-    thresholds = torch.cat([thresholds, thresholds.new_full((pad,), math.inf)]) if pad else thresholds
-    staged = maps.reshape(groups, CHANNEL_PAD, h, w).contiguous(memory_format=torch.channels_last)
-    return _upsample_threshold_staged(staged, thresholds, size, Workspace()).clone()
+    groups, rest = divmod(s, CHANNEL_PAD)
+    staged = ws.get("staged", -(-s // CHANNEL_PAD) * h * w * CHANNEL_PAD, maps.dtype, maps.device)
+    staged = staged.view(-1, h, w, CHANNEL_PAD).permute(0, 3, 1, 2)
+    staged[:groups].copy_(maps[: groups * CHANNEL_PAD].view(groups, CHANNEL_PAD, h, w))
+    if rest:
+        staged[groups, :rest].copy_(maps[groups * CHANNEL_PAD :])
+        staged[groups, rest:].zero_()
+    return staged
+
+
+def _pad_lanes(values: torch.Tensor, lanes: int, fill: float) -> torch.Tensor:
+    """``values [S]`` followed by ``fill`` up to ``lanes`` entries."""
+    out = values.new_full((lanes,), fill)
+    out[: values.numel()] = values
+    return out
 
 
 def _upsample_threshold_staged(

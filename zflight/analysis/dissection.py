@@ -369,7 +369,7 @@ def dissect(
             # Pass 1, the only forward pass: every unit's running top-m activations, each
             # with its image, position and 3x3 neighbourhood.
             first = 0  # the batch's first row in the shard
-            for images, _index in DataLoader(
+            for images in DataLoader(
                 _Items(dataset, concepts),
                 batch_size=batch_size,
                 sampler=shard,
@@ -633,8 +633,8 @@ class _LayerState:
 
     Pass 1 keeps, per unit, the ``m`` largest activations the quantile reads, plus any value
     within rounding of the ``m``-th (:func:`_below`), each with where it is (its index in the
-    shard's ``[rows, K, h, w]`` activations) and its 3x3 neighbourhood. After the thresholds, the kept values above
-    ``_below(T_k)`` are all a mask needs: a bilinear pixel reads the four activations around
+    shard's ``[rows, K, h, w]`` activations) and its 3x3 neighbourhood. After the thresholds,
+    the kept values above ``_below(T_k)`` are all a mask needs: a bilinear pixel reads the four activations around
     it, so a pixel of ``M_k`` has a source above ``_below(T_k)`` (else it would be <= ``T_k``,
     rounding included), and all four of its sources lie in that source's neighbourhood. A map
     rebuilt from those neighbourhoods (-inf elsewhere) thus upsamples, through the same kernel,
@@ -657,9 +657,8 @@ class _LayerState:
         self.has_nan = torch.empty(0, dtype=torch.bool)
         self.thresholds = torch.empty(0)
         # Pass 2: the neighbourhoods of the kept values above _below(T_k), sorted by (shard
-        # row, unit): each one's row, 9 values, centre and map ("slot": one per (row, unit),
-        # keyed row * K + unit).
-        self.rows = torch.empty(0, dtype=torch.int64)
+        # row, unit): each one's 9 values, centre and map ("slot": one per (row, unit), keyed
+        # row * K + unit).
         self.values = torch.empty(0)
         self.pos = torch.empty(0, dtype=torch.int64)
         self.slot_of = torch.empty(0, dtype=torch.int64)
@@ -785,7 +784,7 @@ class _LayerState:
         self.pos = pos.index_select(0, order)  # each neighbourhood's centre in its map
         self.values = self.around.view(-1, 9).index_select(0, flat.index_select(0, order))
         self.slot_key, self.slot_of = torch.unique_consecutive(key, return_inverse=True)
-        self.rows, self.slot_rows = key // units, self.slot_key // units
+        self.slot_rows = self.slot_key // units
         self.top = self.where = self.around = torch.empty(0)  # no longer needed
 
     # ---- pass 2
@@ -800,9 +799,10 @@ class _LayerState:
         assert self.feature_size is not None
         h, w = self.feature_size
         units = self.thresholds.numel()
-        bounds = torch.tensor([first, stop], device=self.rows.device)
-        lo, hi = torch.searchsorted(self.rows, bounds).tolist()
+        bounds = torch.tensor([first, stop], device=self.slot_rows.device)
         s_lo, s_hi = torch.searchsorted(self.slot_rows, bounds).tolist()
+        # The neighbourhoods come sorted by slot.
+        lo, hi = torch.searchsorted(self.slot_of, bounds.new_tensor([s_lo, s_hi])).tolist()
         maps = self.values.new_full((s_hi - s_lo, h * w + 1), float("-inf"))
         # Each neighbourhood entry's place in its map (the spare h * w past the map's edge).
         spots = _spots(h, w, maps.device).index_select(0, self.pos[lo:hi])
@@ -1027,9 +1027,9 @@ class _Items(Dataset):
         return stacked, torch.tensor(columns, dtype=torch.int64)
 
 
-def _collate_images(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    _same_size(items)
-    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items], dtype=torch.int64)
+def _collate_images(items: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+    _same_size(items)  # the indices name the images in its message
+    return torch.stack([it[0] for it in items])
 
 
 class _Collate:
