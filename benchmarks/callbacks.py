@@ -48,7 +48,7 @@ def _mining(width: float, n_images: int, batch_size: int, repeats: int) -> list[
                     forward_to(model, module, x)
 
         def mine() -> None:
-            top_activations(model, layer, ds, k=9, batch_size=batch_size, progress=False)
+            top_activations(model, ds, layer, k=9, batch_size=batch_size, progress=False)
 
         t_fwd = min(_time(forward_only) for _ in range(repeats))
         t_top = min(_time(mine) for _ in range(repeats))

@@ -31,7 +31,10 @@ from zflight.analysis import (
     correspondence,
     invariance_curves,
     receptive_field,
+    top_activation_crops,
     top_activations,
+    unit_examples,
+    UnitExamples,
 )
 from zflight.attribution import DeconvNet, GuidedBackprop, OcclusionMaps, occlusion_maps
 from zflight.checkpoint import load_classifier
@@ -89,6 +92,7 @@ __all__ = [
     "OcclusionMaps",
     # analysis
     "top_activations",
+    "top_activation_crops",
     "TopActivations",
     "receptive_field",
     "ReceptiveField",
@@ -110,4 +114,6 @@ __all__ = [
     # network dissection
     "dissect",
     "Dissection",
+    "unit_examples",
+    "UnitExamples",
 ]

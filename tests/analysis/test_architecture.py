@@ -77,9 +77,9 @@ def test_shift_aliasing_of_a_checkerboard_is_known():
     board = ((i[:, None] + i[None, :]) % 2 * 2 - 1).float()[None, None]  # +-1 checkerboard
     # Sampling every 2nd pixel sees all +1 or all -1: every one-pixel step flips the mean, a
     # change of 2 relative to its norm 1.
-    assert shift_aliasing(_Sampler(2), "conv", board, max_shift=3)["score"] == pytest.approx(2.0)
+    assert shift_aliasing(_Sampler(2), board, "conv", max_shift=3)["score"] == pytest.approx(2.0)
     # Sampling every pixel: the mean of a circularly shifted image never changes.
-    assert shift_aliasing(_Sampler(1), "conv", board, max_shift=3)["score"] == pytest.approx(0.0, abs=1e-6)
+    assert shift_aliasing(_Sampler(1), board, "conv", max_shift=3)["score"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_inactive_channel_is_found():
@@ -88,7 +88,7 @@ def test_inactive_channel_is_found():
         model.conv.weight.fill_(1.0)
         model.conv.weight[1] = 0.0
         model.conv.bias.copy_(torch.tensor([0.0, -1.0, 0.0]))
-    assert inactive_channels(model, "relu", torch.rand(4, 1, 5, 5) + 0.1).tolist() == [False, True, False]
+    assert inactive_channels(model, torch.rand(4, 1, 5, 5) + 0.1, "relu").tolist() == [False, True, False]
 
 
 def test_report_on_zfnet_restores_modes_and_removes_hooks():
@@ -101,7 +101,7 @@ def test_report_on_zfnet_restores_modes_and_removes_hooks():
     assert d["stride"] == 2 and d["filter_layer"] == "features.conv1"
     assert sum(d["spectral_bands"].values()) == pytest.approx(1.0, abs=1e-5)
     assert len(d["shift_aliasing"]["per_shift"]["rows"]) == 2
-    proj, channels, picks = layer_projections(model, "relu2", x, maps=3)
+    proj, channels, picks = layer_projections(model, x, "relu2", maps=3)
     assert proj.shape == (3, 3, 64, 64) and len(channels) == 3 and all(0 <= p < 4 for p in picks)
     assert model.training and all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
     with pytest.raises(ValueError, match="Conv2d"):

@@ -57,7 +57,7 @@ def brute_force(model, layer, dataset, k, channels=None):
 
 @pytest.mark.parametrize("layer, channels", [("conv2", None), ("pool5", [7, 0, 3])])
 def test_equals_a_brute_force_loop(model, dataset, layer, channels):
-    top = top_activations(model, layer, dataset, k=9, channels=channels, batch_size=8, progress=False)
+    top = top_activations(model, dataset, layer, k=9, channels=channels, batch_size=8, progress=False)
     values, indices, positions = brute_force(model, layer, dataset, 9, channels)
     assert isinstance(top, TopActivations)
     assert torch.equal(top.indices, indices)
@@ -69,16 +69,16 @@ def test_equals_a_brute_force_loop(model, dataset, layer, channels):
 
 
 def test_several_layers_in_one_pass_equal_one_layer_at_a_time(model, dataset):
-    tops = top_activations(model, ["conv4", "conv1"], dataset, k=3, channels={"conv4": [2, 5], "conv1": None},
+    tops = top_activations(model, dataset, ["conv4", "conv1"], k=3, channels={"conv4": [2, 5], "conv1": None},
                            batch_size=16, progress=False)
     assert list(tops) == ["conv4", "conv1"]
     for name, chans in [("conv4", [2, 5]), ("conv1", None)]:
-        alone = top_activations(model, name, dataset, k=3, channels=chans, batch_size=16, progress=False)
+        alone = top_activations(model, dataset, name, k=3, channels=chans, batch_size=16, progress=False)
         assert torch.equal(tops[name].indices, alone.indices)
         assert torch.equal(tops[name].positions, alone.positions)
         assert torch.equal(tops[name].values, alone.values)
     with pytest.raises(ValueError, match="channels has no entry"):
-        top_activations(model, ["conv4", "conv1"], dataset, channels={"conv4": [1]}, progress=False)
+        top_activations(model, dataset, ["conv4", "conv1"], channels={"conv4": [1]}, progress=False)
 
 
 def test_ties_go_to_the_lower_index_and_first_position():
@@ -90,7 +90,7 @@ def test_ties_go_to_the_lower_index_and_first_position():
     x = torch.zeros(10, 1, 4, 4)
     x[[2, 5, 7], 0, 1, 1] = 3.0  # three equal maxima for map 0
     x[9, 0, 0, 0] = 1.0
-    top = top_activations(model, "0", TensorDataset(x, torch.zeros(10)), k=4, batch_size=3, progress=False)
+    top = top_activations(model, TensorDataset(x, torch.zeros(10)), "0", k=4, batch_size=3, progress=False)
     assert top.indices[0].tolist() == [2, 5, 7, 9]
     assert top.positions[0, 0].tolist() == [1, 1]
     # map 1 is all zero: every image ties at position (0, 0), lowest indices win
@@ -111,7 +111,7 @@ def test_float64_model_keeps_its_own_precision_against_a_brute_force_scan():
     x = base.clone()
     x[:, 0, 2, 3] = 1.0
     x[:, 0, 4, 1] = 1.0 + 1e-12 * torch.arange(1, 13, dtype=torch.float64)  # close rivals
-    top = top_activations(model, "0", TensorDataset(x, torch.zeros(12)), k=5, batch_size=5, progress=False)
+    top = top_activations(model, TensorDataset(x, torch.zeros(12)), "0", k=5, batch_size=5, progress=False)
     acts = model(x).detach()  # brute force: every activation in float64
     assert top.values.dtype == torch.float64
     for c in range(3):
@@ -127,29 +127,29 @@ def test_float64_model_keeps_its_own_precision_against_a_brute_force_scan():
 
 def test_k_larger_than_the_dataset_gives_every_image(model):
     ds = ShapesDataset(5, image_size=64, seed=1)
-    top = top_activations(model, "conv1", ds, k=9, channels=[0, 1], progress=False)
+    top = top_activations(model, ds, "conv1", k=9, channels=[0, 1], progress=False)
     assert top.values.shape == (2, 5)
     assert sorted(top.indices[0].tolist()) == [0, 1, 2, 3, 4]
 
 
 def test_model_modes_are_restored_and_no_grad_is_kept(model, dataset):
     model.train()
-    top_activations(model, "conv1", dataset, k=2, channels=[0], progress=False)
+    top_activations(model, dataset, "conv1", k=2, channels=[0], progress=False)
     assert all(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
 
 
 def test_bad_arguments_name_themselves(model, dataset):
     with pytest.raises(ValueError, match="k must"):
-        top_activations(model, "conv1", dataset, k=0, progress=False)
+        top_activations(model, dataset, "conv1", k=0, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
-        top_activations(model, "conv1", dataset, batch_size=0, progress=False)
+        top_activations(model, dataset, "conv1", batch_size=0, progress=False)
     with pytest.raises(ValueError, match=r"channels \[99\].*conv1"):
-        top_activations(model, "conv1", dataset, channels=[0, 99], progress=False)
+        top_activations(model, dataset, "conv1", channels=[0, 99], progress=False)
     with pytest.raises(ValueError, match="repeat"):
-        top_activations(model, "conv1", dataset, channels=[1, 1], progress=False)
+        top_activations(model, dataset, "conv1", channels=[1, 1], progress=False)
     with pytest.raises(ValueError, match="conv9"):
-        top_activations(model, "conv9", dataset, progress=False)
+        top_activations(model, dataset, "conv9", progress=False)
 
 
 def _ddp_worker(rank: int, world: int, store: str, out: str) -> None:
@@ -161,7 +161,7 @@ def _ddp_worker(rank: int, world: int, store: str, out: str) -> None:
         torch.manual_seed(0)
         model = zfnet(num_classes=10, width=0.125, image_size=64, init="kaiming")
         ds = ShapesDataset(37, image_size=64, seed=3)
-        top = top_activations(model, "conv3", ds, k=9, batch_size=8, progress=False)
+        top = top_activations(model, ds, "conv3", k=9, batch_size=8, progress=False)
         torch.save(top.__dict__, f"{out}.{rank}")
     finally:
         torch.distributed.destroy_process_group()
@@ -171,7 +171,7 @@ def test_ddp_ranks_mine_shards_and_all_get_the_single_process_result(tmp_path, m
     out = str(tmp_path / "top")
     # fork: the children reuse the imported modules instead of importing torch again
     mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "store"), out), nprocs=2, start_method="fork")
-    single = top_activations(model, "conv3", dataset, k=9, batch_size=8, progress=False)
+    single = top_activations(model, dataset, "conv3", k=9, batch_size=8, progress=False)
     for rank in range(2):
         got = torch.load(f"{out}.{rank}", weights_only=False)
         assert torch.equal(got["indices"], single.indices)
@@ -180,8 +180,8 @@ def test_ddp_ranks_mine_shards_and_all_get_the_single_process_result(tmp_path, m
 
 
 def test_crops_are_projections_and_patches_of_the_same_box(model, dataset):
-    top = top_activations(model, "conv2", dataset, k=4, channels=[1, 2], progress=False)
-    proj, patches = top_activation_crops(model, top, dataset, tile=32)
+    top = top_activations(model, dataset, "conv2", k=4, channels=[1, 2], progress=False)
+    proj, patches = top_activation_crops(model, dataset, top, tile=32)
     assert proj.shape == patches.shape == (2, 4, 3, 32, 32)
     assert patches.min() >= 0 and patches.max() <= 1
     assert proj.abs().sum() > 0

@@ -178,21 +178,21 @@ def stride_aliasing(weight: torch.Tensor, stride: int, *, n_fft: int | None = No
 
 @torch.no_grad()
 def inactive_channels(
-    model: nn.Module, layer: str | nn.Module, images: torch.Tensor, *, batch_size: int = 64
+    model: nn.Module, images: torch.Tensor, layer: str | nn.Module, *, batch_size: int = 64
 ) -> torch.Tensor:
     """Return ``[C]`` True for channels of ``layer`` that are never > 0 on any probe pixel.
 
     Args:
         model: the network (run in eval mode, flags restored).
-        layer: a layer with ``[N, C, ...]`` output, e.g. ``relu1``.
         images: ``[N, 3, H, W]`` probe images.
+        layer: a layer with ``[N, C, ...]`` output, e.g. ``relu1``.
         batch_size: images per forward pass.
 
     Returns:
         A bool tensor.
 
     Example:
-        >>> inactive_channels(model, "relu1", x).float().mean()  # doctest: +SKIP
+        >>> inactive_channels(model, x, "relu1").float().mean()  # doctest: +SKIP
     """
     _check_images(images)
     _, module = resolve_layer(model, layer)
@@ -208,8 +208,8 @@ def inactive_channels(
 @torch.no_grad()
 def shift_aliasing(
     model: nn.Module,
-    layer: str | nn.Module,
     images: torch.Tensor,
+    layer: str | nn.Module,
     *,
     max_shift: int = 8,
     batch_size: int = 64,
@@ -233,7 +233,7 @@ def shift_aliasing(
         ValueError: a bad argument or layer.
 
     Example:
-        >>> shift_aliasing(model, "relu2", x)["score"]  # doctest: +SKIP
+        >>> shift_aliasing(model, x, "relu2")["score"]  # doctest: +SKIP
         0.07
     """
     _check_images(images)
@@ -267,7 +267,7 @@ def shift_aliasing(
 
 @torch.no_grad()
 def layer_projections(
-    model: nn.Module, layer: str | nn.Module, images: torch.Tensor, *, maps: int = 16, batch_size: int = 64
+    model: nn.Module, images: torch.Tensor, layer: str | nn.Module, *, maps: int = 16, batch_size: int = 64
 ) -> tuple[torch.Tensor, list[int], list[int]]:
     """Return deconvnet projections of ``layer``'s most active feature maps (Fig. 6 (d), (e)).
 
@@ -277,8 +277,8 @@ def layer_projections(
 
     Args:
         model: the network.
-        layer: e.g. ``relu2``.
         images: ``[N, 3, H, W]`` probe images.
+        layer: e.g. ``relu2``.
         maps: how many feature maps.
         batch_size: images per pass.
 
@@ -286,7 +286,7 @@ def layer_projections(
         ``(projections [maps, 3, H, W], channels, image_indices)``.
 
     Example:
-        >>> proj, chans, idx = layer_projections(model, "relu2", x, maps=9)  # doctest: +SKIP
+        >>> proj, chans, idx = layer_projections(model, x, "relu2", maps=9)  # doctest: +SKIP
     """
     from zflight.attribution.deconvnet import DeconvNet
 
@@ -412,8 +412,8 @@ def architecture_report(
     inactive_share, shift = None, None
     lname = resolve_layer(model, feature_layer)[0]
     if images is not None:
-        inactive_share = float(inactive_channels(model, activity_layer, images, batch_size=batch_size).float().mean())
-        shift = shift_aliasing(model, feature_layer, images, max_shift=max_shift, batch_size=batch_size)
+        inactive_share = float(inactive_channels(model, images, activity_layer, batch_size=batch_size).float().mean())
+        shift = shift_aliasing(model, images, feature_layer, max_shift=max_shift, batch_size=batch_size)
     mean_bands = bands[live].mean(dim=0)
     return ArchitectureReport(
         filter_layer=fname,

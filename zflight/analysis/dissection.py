@@ -576,7 +576,7 @@ def unit_examples(
     names = [layer_of[key].name for key in chosen]
     device = _check_device(model, device)
     tops = top_activations(
-        model, names, dataset, k=k, channels={n: chosen[key] for key, n in zip(chosen, names)},
+        model, dataset, names, k=k, channels={n: chosen[key] for key, n in zip(chosen, names)},
         batch_size=batch_size, progress=False, device=device,
     )
     _, modules = _resolve_layers(model, names)

@@ -63,8 +63,9 @@ class TopActivations:
 
 def top_activations(
     model: nn.Module,
-    layer: str | nn.Module | Sequence[str | nn.Module],
     dataset: Dataset,
+    layer: str | nn.Module | Sequence[str | nn.Module],
+    *,
     k: int = 9,
     channels: int | Sequence[int] | torch.Tensor | dict[str, Any] | None = None,
     batch_size: int = 64,
@@ -92,9 +93,9 @@ def top_activations(
     Args:
         model: any CNN (``nn.Module``) whose layers output ``[N, C, H, W]`` (or ``[N, C]``,
             counted as 1×1 maps).
+        dataset: a map-style data set; items are ``(image, label, ...)`` tuples or images.
         layer: a submodule of ``model`` or its dotted name (a unique suffix like ``"conv5"``),
             or a list of them.
-        dataset: a map-style data set; items are ``(image, label, ...)`` tuples or images.
         k: activations per feature map; fewer if the data set has fewer than ``k`` images.
         channels: the feature maps to mine: an int, a sequence of ints, a 1-D tensor, or
             ``None`` for all channels. With a list of layers: a dict from each layer (as given)
@@ -119,13 +120,14 @@ def top_activations(
         >>> from zflight import zfnet
         >>> from zflight.data import ShapesDataset
         >>> model = zfnet(num_classes=10, width=0.125, image_size=64)
-        >>> top = top_activations(model, "conv5", ShapesDataset(32), k=9, progress=False)
+        >>> top = top_activations(model, ShapesDataset(32), "conv5", k=9, progress=False)
         >>> top.values.shape, top.positions.shape
         (torch.Size([32, 9]), torch.Size([32, 9, 2]))
-        >>> tops = top_activations(model, ["conv1", "conv5"], ShapesDataset(32), progress=False)
+        >>> tops = top_activations(model, ShapesDataset(32), ["conv1", "conv5"], progress=False)
         >>> sorted(tops)
         ['conv1', 'conv5']
     """
+    _check_data_order("top_activations", dataset, layer)
     _check_positive_int("k", k)
     _check_positive_int("batch_size", batch_size)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -265,8 +267,8 @@ def _forward_capture(model: nn.Module, modules: list[nn.Module], inputs: torch.T
 
 def top_activation_crops(
     model: nn.Module,
-    top: TopActivations,
     dataset: Dataset,
+    top: TopActivations,
     *,
     tile: int = 48,
     input_size: tuple[int, int] | None = None,
@@ -286,8 +288,8 @@ def top_activation_crops(
 
     Args:
         model: the model ``top`` was mined from.
-        top: the result of :func:`top_activations`.
         dataset: the same data set.
+        top: the result of :func:`top_activations`.
         tile: side of each output square in pixels.
         input_size: ``(height, width)`` of the images; read from the data set when ``None``.
         batch_size: images per deconvnet pass (``None``: all at once).
@@ -300,14 +302,17 @@ def top_activation_crops(
         image min-max scaled).
 
     Example:
-        >>> top = top_activations(model, "conv2", ds, k=9, channels=[0, 1], progress=False)
-        >>> proj, patches = top_activation_crops(model, top, ds)  # doctest: +SKIP
+        >>> top = top_activations(model, ds, "conv2", k=9, channels=[0, 1], progress=False)
+        >>> proj, patches = top_activation_crops(model, ds, top)  # doctest: +SKIP
         >>> proj.shape
         torch.Size([2, 9, 3, 48, 48])
     """
     from zflight.attribution.deconvnet import DeconvNet
     from zflight.analysis.receptive_field import receptive_field
 
+    if not isinstance(top, TopActivations):
+        raise TypeError(f"top_activation_crops(model, dataset, top): top must be a TopActivations, "
+                        f"got {type(top).__name__} (the order is model, data, then the result)")
     _check_positive_int("tile", tile)
     device = _model_device(model) if device is None else torch.device(device)
     c, k = top.indices.shape
@@ -333,6 +338,14 @@ def top_activation_crops(
 
 
 # ------------------------------------------------------------------------------------ internals
+def _check_data_order(function: str, dataset: Any, layer: Any) -> None:
+    """A call in the old order ``(model, layer, dataset)`` is a clear error, not a confusing one."""
+    named = isinstance(dataset, (str, nn.Module)) or (
+        isinstance(dataset, (list, tuple)) and dataset and all(isinstance(x, (str, nn.Module)) for x in dataset))
+    if named and hasattr(layer, "__getitem__") and hasattr(layer, "__len__") and not isinstance(layer, (str, list, tuple)):
+        raise TypeError(f"{function} takes (model, dataset, layers, ...): the data set comes before the layers")
+
+
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -148,12 +148,12 @@ class FeatureEvolution(_EpochEndCallback):
             # All layers in one pass over the probe; a collective under DDP. Every rank also
             # projects (a few images), so that every rank holds the same state.
             tops = top_activations(
-                model, self.layers, probe, k=1, channels=self._channels,
+                model, probe, self.layers, k=1, channels=self._channels,
                 batch_size=self.batch_size, progress=False,
             )
             for name in self.layers:
                 projections, _ = top_activation_crops(
-                    model, tops[name], probe, tile=self.tile, batch_size=self.batch_size
+                    model, probe, tops[name], tile=self.tile, batch_size=self.batch_size
                 )
                 column[name] = projections[:, 0].detach().cpu().to(torch.float16)
         self._columns.append((epoch, column))

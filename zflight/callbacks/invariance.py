@@ -13,8 +13,6 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from zflight.cli._common import write_json
-from zflight.cli.invariance import example_strip, invariance_figure
 from zflight.analysis.invariance import TRANSFORMS, default_amounts, invariance_curves
 from zflight.callbacks._common import (
     _analysis_mode,
@@ -27,7 +25,8 @@ from zflight.callbacks._common import (
     _split_dataset,
     _target_model,
 )
-from zflight.figures import figure_to_tensor, save_figure
+from zflight.figures import figure_to_tensor, save_figure, write_json
+from zflight.figures.invariance import example_strip, invariance_figure
 
 __all__ = ["InvarianceFigures"]
 

@@ -142,14 +142,14 @@ class TopActivationPanels(_LayerEpochCallback):
                     self._channels[name] = _choose_maps(self.maps, name, n, self.seed)
             # All layers in one pass over the data; a collective under DDP: every rank.
             tops = top_activations(
-                model, self.layers, dataset, k=self.k, channels=self._channels,
+                model, dataset, self.layers, k=self.k, channels=self._channels,
                 batch_size=self.batch_size, progress=False,
             )
             if not trainer.is_global_zero:
                 return
             for name in self.layers:
                 projections, patches = top_activation_crops(
-                    model, tops[name], dataset, tile=self.tile, batch_size=self.batch_size
+                    model, dataset, tops[name], tile=self.tile, batch_size=self.batch_size
                 )
                 # A UnitLabels callback's latest dissection, if any: label and IoU per unit.
                 labels = latest_dissection(trainer, name)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
-import json
-import math
 import os
 import re
 import shutil
@@ -32,9 +30,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+
+from zflight.figures.grids import write_json
 
 __all__ = [
     "ArgumentParser",
@@ -199,29 +198,6 @@ def _fresh_dir(out: Path, kind: str) -> Path:
     # Not tempfile.mkdtemp: its folders are private (0700), and this one becomes the result.
     path = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.{kind}"
     path.mkdir()
-    return path
-
-
-def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON (NaN/inf become null, as JSON has neither).
-
-    Example:
-        >>> write_json({"a": 1.0}, "out/a.json")  # doctest: +SKIP
-    """
-    path = Path(path)
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, (np.floating, np.integer)):
-            return clean(v.item())
-        return v
-
-    path.write_text(json.dumps(clean(data), indent=1, allow_nan=False) + "\n")
     return path
 
 

@@ -89,7 +89,7 @@ def compare_models(
                                      activity_layer=activity_layer, feature_layer=feature_layer,
                                      max_shift=max_shift, batch_size=batch_size)
         weight = dict(model.named_modules())[report.filter_layer].weight.detach().cpu()
-        proj, channels, picks = layer_projections(model, feature_layer, images[name], maps=maps,
+        proj, channels, picks = layer_projections(model, images[name], feature_layer, maps=maps,
                                                   batch_size=batch_size)
         result[name] = {"report": report, "weight": weight, "projections": proj,
                         "channels": channels, "images": picks}

@@ -258,7 +258,7 @@ def _build(
     # k = the split's size: the strongest activation of every image for every unit, in one
     # pass; its first k columns are the top-k, the whole row is the histogram.
     bar.stage("top activations")
-    tops = top_activations(model, layers, dataset, k=len(dataset), channels=channels,
+    tops = top_activations(model, dataset, layers, k=len(dataset), channels=channels,
                            batch_size=args.batch_size, progress=True)
     bar.update()
     labels, dissection_line, layer_notes = _dissection(args, model, dataset, modules, channels, dissection_doc, bar)
@@ -276,7 +276,7 @@ def _build(
         top_k = dataclasses.replace(top, values=top.values[:, :k], indices=top.indices[:, :k],
                                     positions=top.positions[:, :k])
         bar.stage("projections", f"projections {name}")
-        projections, patches = top_activation_crops(model, top_k, dataset, tile=args.tile, batch_size=args.batch_size)
+        projections, patches = top_activation_crops(model, dataset, top_k, tile=args.tile, batch_size=args.batch_size)
         bar.update()
         folder = tmp / "units" / safe_name(name)
         units = []

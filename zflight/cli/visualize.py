@@ -122,11 +122,11 @@ def _run(args: argparse.Namespace) -> Path:
         }
         _check_labels(labels, model, channels)
         # One pass over the data for all layers.
-        tops = top_activations(model, args.layers, dataset, k=args.k, channels=channels,
+        tops = top_activations(model, dataset, args.layers, k=args.k, channels=channels,
                                batch_size=args.batch_size, progress=True)
         for name in args.layers:
             top = tops[name]
-            projections, patches = top_activation_crops(model, top, dataset, tile=args.tile,
+            projections, patches = top_activation_crops(model, dataset, top, tile=args.tile,
                                                         batch_size=args.batch_size)
             panel = top_activation_panel(
                 projections, patches, maps_per_row=args.maps_per_row,

@@ -23,9 +23,11 @@ from zflight.figures.grids import (
     save_png,
     to_uint8,
     top_activation_panel,
+    write_json,
 )
 from zflight.figures.dissection import dissection_panel, unit_caption, unit_label
 from zflight.figures.evaluation import evaluation_figure, sanity_figure
+from zflight.figures.invariance import example_strip, invariance_figure
 from zflight.figures.occlusion import occlusion_figure
 from zflight.figures.report import ReportContent, render_html, write_site
 
@@ -35,6 +37,8 @@ __all__ = [
     "evolution_grid",
     "filter_grid",
     "occlusion_figure",
+    "invariance_figure",
+    "example_strip",
     "dissection_panel",
     "unit_caption",
     "unit_label",
@@ -47,4 +51,5 @@ __all__ = [
     "save_png",
     "save_figure",
     "figure_to_tensor",
+    "write_json",
 ]

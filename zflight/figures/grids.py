@@ -23,6 +23,7 @@ an integer factor (nearest neighbour, no blur), separated by thin white lines, a
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ __all__ = [
     "save_png",
     "save_figure",
     "figure_to_tensor",
+    "write_json",
 ]
 
 # The percentile of |projection| shown at full contrast: the one display rule (module docstring).
@@ -320,6 +322,29 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
         tensor([  0, 128, 255], dtype=torch.uint8)
     """
     return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON (NaN/inf become null, as JSON has neither).
+
+    Example:
+        >>> write_json({"a": 1.0}, "out/a.json")  # doctest: +SKIP
+    """
+    path = Path(path)
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, (np.floating, np.integer)):
+            return clean(v.item())
+        return v
+
+    path.write_text(json.dumps(clean(data), indent=1, allow_nan=False) + "\n")
+    return path
 
 
 def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
