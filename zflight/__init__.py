@@ -57,6 +57,7 @@ from zflight.data import (
 )
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
 from zflight.module import ImageClassifier
+from zflight.report import build_report
 
 __version__ = "0.1.0"
 
@@ -116,4 +117,6 @@ __all__ = [
     "Dissection",
     "unit_examples",
     "UnitExamples",
+    # the unit explorer
+    "build_report",
 ]
