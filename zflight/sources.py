@@ -541,7 +541,8 @@ def _finish(source: ModelSource, preprocess: Mapping[str, Any] | None) -> None:
             if "crop" in given and "resize" not in given and fields["resize"] < given["crop"]:
                 fields["resize"] = given["crop"]
             fields.update(given)
-            fields["origin"] = f"{fields['origin']}, with {', '.join(sorted(given))} given"
+            named = sorted("image_size" if k == "crop" else k for k in given)
+            fields["origin"] = f"{fields['origin']}, with {', '.join(named)} given"
             source.preprocess = Preprocess(**fields)
     probe = torch.zeros(1, 3, source.image_size, source.image_size)
     try:
