@@ -215,3 +215,22 @@ def test_bad_image_folders_are_one_line_and_write_nothing(problem, resnet18_file
     assert info.value.code == 2 and len(errors) == 1 and "error: --images" in err, errors
     assert {"empty": "holds no image files", "corrupt": "photo9.jpg", "both": "use one layout"}[problem] in err
     assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
+
+
+def test_a_backbone_that_is_not_a_classifier_gets_its_panels(photo_folders, tmp_path, monkeypatch, capsys):
+    # A detection-style backbone: torchvision's IntermediateLayerGetter returns a dict of maps.
+    (tmp_path / "backbones.py").write_text(
+        "import torchvision\nfrom torchvision.models._utils import IntermediateLayerGetter\n\n"
+        "def resnet_body():\n"
+        "    return IntermediateLayerGetter(torchvision.models.resnet18(), {'layer2': 'c3', 'layer3': 'c4'})\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(sys.path))
+    try:
+        main(["--model", "backbones:resnet_body", "--images", str(photo_folders[1]), "--image_size", "32",
+              "--maps", "2", "--k", "2", "--tile", "8", "--out", str(tmp_path / "o")])
+    finally:
+        sys.modules.pop("backbones", None)
+    printed = capsys.readouterr().out
+    assert "not a classifier (output of 128 channels); its forward returns a dict: read through its first tensor 'c3'" in printed
+    doc = json.loads((tmp_path / "o" / "top_activations.json").read_text())
+    assert list(doc["layers"]) == ["relu", "layer1", "layer2", "layer3"]
