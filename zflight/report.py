@@ -59,6 +59,7 @@ def build_report(
     occlusion_images: int = 4,
     classifier: bool = True,
     classes: Sequence[str] | None = None,
+    label_classes: Sequence[int] | str | None = None,
     facts: Mapping[str, str] | None = None,
     title: str = "zflight report",
     checkpoint: str = "",
@@ -94,6 +95,10 @@ def build_report(
         classifier: whether the model returns class scores; ``False`` skips the image section
             (occlusion probability and scores need a classifier) with one line saying so.
         classes: the model's class names (``None``: the data set's, else numbers).
+        label_classes: how an image's label names the model's class (occlusion's tracked class,
+            the accuracy): ``None``: the label is the class when every label indexes the
+            model's output and the data set's ``classes`` (if any) are ``classes``; a list:
+            the model class of each label; ``"predicted"``: the predicted class stands in.
         facts: ``{name: value}`` rows about the model for the overview (source, weights,
             preprocessing, where the class names come from).
         title: the page title.
@@ -152,7 +157,7 @@ def build_report(
         out.mkdir(parents=True, exist_ok=True)
         content = _build(model, dataset, out, modules, totals, channels, bar, options=dict(
             k=k, tile=tile, batch_size=batch_size, occlusion_images=n_images, classifier=classifier,
-            classes=classes, facts=dict(facts or {}), title=title, checkpoint=checkpoint,
+            classes=classes, label_classes=label_classes, facts=dict(facts or {}), title=title, checkpoint=checkpoint,
             data_description=data_description, dissection=dissection, dissection_from=dissection_from,
             dissect_images=dissect_images, scores=scores, scores_from=scores_from, run=run or {},
             log_dir=log_dir, progress=progress))
@@ -391,6 +396,14 @@ def _targets(model: nn.Module, dataset: Any, indices: Sequence[int], o: dict[str
 
 def _choose_targets(labels: torch.Tensor, logits: torch.Tensor, dataset: Any,
                     o: dict[str, Any]) -> tuple[torch.Tensor, bool]:
+    given = o["label_classes"]
+    if isinstance(given, str):
+        return logits.argmax(1), False
+    if given is not None:
+        table = torch.as_tensor(list(given), dtype=torch.int64)
+        if bool(((labels >= 0) & (labels < len(table))).all()):
+            return table[labels], True
+        return logits.argmax(1), False
     data_classes = getattr(dataset, "classes", None)
     named_alike = o["classes"] is None or data_classes is None or list(data_classes) == list(o["classes"])
     usable = logits.dim() == 2 and bool(((labels >= 0) & (labels < logits.shape[1])).all()) and named_alike

@@ -254,7 +254,8 @@ def test_evolution_stored_score_dissection_file_scores_file_and_an_empty_log_dir
         (["--units", "0"], "--units must be >= 1, got 0"),
         (["--occlusion_images", "-1"], "--occlusion_images must be >= 0"),
         (["--occlusion_images", "9"], "--occlusion_images: 9 is more than the 8 images"),
-        (["--images", "2"], "unrecognized arguments: --images 2"),
+        (["--images", "2"], "--images: no such file: 2"),  # a folder now; the count is --occlusion_images
+        (["--model", "resnet18"], "--ckpt_path: not allowed with argument --model"),
         (["--log_dir", "{tmp}/nowhere"], "--log_dir: no such folder"),
         (["--dissection", "{tmp}/a_file"], "--dissection: {tmp}/a_file is not JSON"),
         (["--scores", "{tmp}/nothing.json"], "--scores: no such file"),

@@ -6,6 +6,8 @@ Usage::
         --out report [--layers conv1 conv2 conv3 conv4 conv5] [--units N] [--occlusion_images 4] \\
         [--log_dir runs/quickstart/version_0] [--dissection FILE.json] [--scores scores.json] \\
         [--dissect_images 500] [--k 9] [--tile 32] [--batch_size 100] [--device cpu] [--overwrite]
+    python -m zflight report --model resnet18 --checkpoint sd.pt --images photos/ --out report \\
+        [--weights DEFAULT] [--resize 128 --image_size 112] [--units 64]
 
 This module only parses the arguments, reads the files they name and calls
 :func:`zflight.build_report` (:mod:`zflight.report`), which says what the page shows and where
@@ -16,7 +18,12 @@ layer's units, loaded when the layer is opened; the second readable without Java
 the pictures, every link relative. Open ``index.html`` with a double click: no server, no
 network.
 
-Images: the validation split of the checkpoint's embedded data set. Dissection labels: read
+The model and images: any source :mod:`zflight.sources` reads (``--ckpt_path``, or ``--model``
+with ``--weights`` / ``--checkpoint``; ``--images DIR``, else the checkpoint's validation
+images); the overview lists its facts (source, weights, preprocessing, where the class names
+came from). Without ``--layers``, the default rule of :func:`zflight.sources.default_layers`.
+A model that is not a classifier gets the unit pages and one line instead of the image section.
+Dissection labels: read
 from ``--dissection`` (a JSON of :meth:`zflight.analysis.dissection.Dissection.to_json`, as
 ``python -m zflight dissect`` writes it; a document holding it under ``"dissection"`` works
 too), else computed here on the first ``--dissect_images`` images (0: skipped). Data-set-wide
@@ -38,18 +45,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from zflight.callbacks.panels import PAPER_LAYERS
 from zflight.cli._common import (
     AnalysisError,
     ArgumentParser,
     check_out,
-    checkpoint_arguments,
-    embedded_dataset,
-    load_network,
+    default_device,
+    layers_or_default,
+    load_sources,
     output_dir,
     run_cli,
+    source_arguments,
     subcommand_parser,
 )
 
@@ -81,11 +86,14 @@ def _parser() -> ArgumentParser:
         "report",
         "Write a unit explorer: a static folder (index.html + pictures) with every unit's top-9, "
         "dissection label, feature evolution and activation histogram, and the occlusion maps "
-        "and explanation scores of validation images. Opens from disk, no server.",
+        "and explanation scores of a few images. Opens from disk, no server.",
     )
-    checkpoint_arguments(p)
-    p.add_argument("--layers", nargs="+", default=list(PAPER_LAYERS),
-                   help="layers (default: conv1 … conv5)")
+    source_arguments(p)
+    p.add_argument("--out", required=True, help="output folder (written whole, or not at all)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--layers", nargs="+", default=None,
+                   help="layer names (default: conv1 … conv5 for zflight's networks, else each resolution "
+                        "stage's output; `python -m zflight layers` lists them)")
     p.add_argument("--units", type=int, default=None,
                    help="units per layer: the first N channels (default: all)")
     p.add_argument("--occlusion_images", type=int, default=4,
@@ -95,13 +103,14 @@ def _parser() -> ArgumentParser:
     p.add_argument("--dissection", default=None,
                    help="a dissection JSON (Dissection.to_json) to take the labels from instead of dissecting here")
     p.add_argument("--dissect_images", type=int, default=500,
-                   help="validation images dissected here when no --dissection is given (default 500; 0: none)")
+                   help="images dissected here when no --dissection is given and they have concept masks "
+                        "(default 500; 0: none)")
     p.add_argument("--scores", default=None,
                    help="scores.json of `python -m zflight evaluate`: the data-set-wide explanation scores")
     p.add_argument("--k", type=int, default=9, help="top activations shown per unit (default 9)")
     p.add_argument("--tile", type=int, default=32, help="side of each top-k tile in pixels (default 32)")
     p.add_argument("--batch_size", type=int, default=100, help="images per forward pass (default 100)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
     return p
 
 
@@ -109,6 +118,7 @@ def _run(args: argparse.Namespace) -> Path:
     from zflight import build_report
     from zflight.analysis.dissection import Dissection
     from zflight.checkpoint import open_checkpoint
+    from zflight.sources import class_targets
 
     for name in ("units", "k", "tile", "batch_size"):
         value = getattr(args, name)
@@ -129,35 +139,30 @@ def _run(args: argparse.Namespace) -> Path:
             dissection = Dissection.from_json(dissection_doc.get("dissection", dissection_doc))
         except (KeyError, ValueError, TypeError) as err:
             raise AnalysisError(f"--dissection: {args.dissection} is not a dissection JSON ({err})") from None
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise AnalysisError(f"--device: {err}") from None
+    device = default_device(args.device)
 
-    model, hparams, data_hp = load_network(args.ckpt_path)
-    try:
-        run = open_checkpoint(args.ckpt_path, mmap=True)
-        dataset = embedded_dataset(hparams, data_hp, "val")
-    except (AnalysisError, ValueError) as err:
-        raise AnalysisError(f"--ckpt_path: {err}") from None
+    source, dataset, line = load_sources(args)
+    layers = layers_or_default(args.layers, source)
     if args.occlusion_images > len(dataset):
         raise AnalysisError(f"--occlusion_images: {args.occlusion_images} is more than the {len(dataset)} images")
     try:
-        model = model.to(device)
+        model = source.model.to(device).eval()
     except (RuntimeError, AssertionError) as err:  # e.g. "Torch not compiled with CUDA enabled"
         raise AnalysisError(f"--device: cannot use {args.device}: {err}".splitlines()[0]) from None
-    width = hparams.get("width")
-    facts = {
-        "network": str(hparams.get("arch", "?")) + (f", width {width}" if width is not None else ""),
-        "classes": str(hparams.get("num_classes", "?")),
-    }
+    run = open_checkpoint(args.ckpt_path, mmap=True) if args.ckpt_path else None
+    facts = source.facts()
+    if source.hparams:  # a zflight network: its architecture as the quickstart report showed it
+        width = source.hparams.get("width")
+        facts["network"] = str(source.hparams.get("arch", "?")) + (f", width {width}" if width is not None else "")
+    mapping, _why = class_targets(dataset, source)
     with output_dir(out, overwrite=args.overwrite) as tmp:
         build_report(
-            model, dataset, tmp, layers=args.layers, units=args.units, k=args.k, tile=args.tile,
-            batch_size=args.batch_size, occlusion_images=args.occlusion_images, classifier=True,
-            classes=list(getattr(dataset, "classes", None) or []) or None, facts=facts,
-            title=f"zflight report: {Path(args.ckpt_path).name}", checkpoint=str(args.ckpt_path),
-            data_description="the validation split of the checkpoint's embedded data set",
+            model, dataset, tmp, layers=layers, units=args.units, k=args.k, tile=args.tile,
+            batch_size=args.batch_size, occlusion_images=args.occlusion_images, classifier=source.is_classifier,
+            classes=source.classes or list(getattr(dataset, "classes", None) or []) or None,
+            label_classes="predicted" if mapping is None else mapping, facts=facts,
+            title=f"zflight report: {Path(args.ckpt_path or source.name).name}",
+            checkpoint=str(args.ckpt_path or args.checkpoint or ""), data_description=line,
             dissection=dissection, dissection_from=args.dissection or "", dissect_images=args.dissect_images,
             scores=scores_doc, scores_from=args.scores or "", run=run, log_dir=log_dir,
         )
