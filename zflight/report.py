@@ -103,7 +103,8 @@ def build_report(
             preprocessing, where the class names come from).
         title: the page title.
         checkpoint: a checkpoint's path, shown in the overview ("": no row).
-        data_description: what the images are ("the validation split of ..."), for the overview.
+        data_description: what the images are, for the overview ("the 1000 images of the
+            validation split of ...").
         dissection: a :class:`~zflight.analysis.Dissection` to take the labels from, instead of
             dissecting here.
         dissection_from: where ``dissection`` comes from (a file name), for the overview.
@@ -283,7 +284,7 @@ def _build(
         parameters=sum(p.numel() for p in model.parameters()),
         facts=facts,
         layers=entries,
-        mined=f"the {len(dataset)} images of {described}" if described else f"{len(dataset)} images",
+        mined=described or f"the {len(dataset)} images given",
         dissection=dissection_line,
         images=images,
         images_note=images_note,

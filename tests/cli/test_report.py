@@ -299,3 +299,61 @@ def test_a_failed_build_leaves_no_folder_and_no_half_written_page(tiny_ckpt_fact
         main(["--ckpt_path", str(tiny_ckpt_factory(8)), "--out", str(tmp_path / "site"), "--layers", "conv1",
               "--units", "2", "--occlusion_images", "0", "--dissect_images", "0"])
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------- a torchvision model, real layers
+@pytest.fixture(scope="module")
+def resnet_site(tmp_path_factory) -> Path:
+    """resnet18 (random weights, from a state_dict file) on 6 PNGs in 2 class folders, 2 units per stage."""
+    import torchvision
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("resnet")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), root / "sd.pt")
+    for i in range(6):
+        folder = root / "photos" / ("cat" if i % 2 else "dog")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (torch.rand(40, 48, 3) * 255).byte().numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    out = root / "site"
+    main(["--model", "resnet18", "--checkpoint", str(root / "sd.pt"), "--images", str(root / "photos"),
+          "--resize", "36", "--image_size", "32", "--layers", "layer1", "layer2", "layer3", "layer4", "--units", "2", "--occlusion_images", "1", "--k", "3",
+          "--out", str(out), "--device", "cpu"])
+    return out
+
+
+def test_the_resnet_explorer_lists_its_source_and_opens_a_layer_a_unit_and_search(browser, resnet_site):
+    page_text = (resnet_site / "index.html").read_text()
+    assert "<th>model</th><td>torchvision resnet18</td>" in page_text
+    assert f"<th>weights</th><td>file {resnet_site.parent / 'sd.pt'}</td>" in page_text
+    assert "<th>preprocessing</th><td>shorter side 36, centre crop 32," in page_text
+    assert "<th>class names</th><td>none</td>" in page_text
+    assert "The images&#x27; labels are not the model&#x27;s classes: the tracked class is the predicted one." in page_text
+    context = browser.new_context(viewport={"width": 1280, "height": 300})  # the layers start below the fold
+    page = context.new_page()
+    errors, requests = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto((resnet_site / "index.html").as_uri())
+    page.wait_for_load_state("load")
+    assert page.eval_on_selector_all("section.layer", "s => s.map(x => x.dataset.layer)") == [
+        "layer1", "layer2", "layer3", "layer4"]
+    assert not any(url.endswith("units/layer4.js") for url in requests)  # not opened: not loaded
+    page.dispatch_event("section.layer[data-layer=layer4] button.open", "click")  # open a layer, not scrolled to
+    page.wait_for_function("document.querySelectorAll('section.layer[data-layer=layer4] .card').length === 2")
+    assert any(url.endswith("units/layer4.js") for url in requests)
+    page.click("section.layer[data-layer=layer4] .card[data-unit='1']")  # open a unit
+    assert _shows(page, "layer4/1") == ["layer4/1"]
+    assert page.inner_text("article.unit.current h3") == "layer4 · unit 1"
+    page.fill("#search", "layer2:0")  # search, across layers
+    page.wait_for_function("document.querySelectorAll('section.layer[data-layer=layer2] .card').length === 2")
+    assert _shown_cards(page) == ["layer2/0"] and page.inner_text("#count") == "1 of 8 units match"
+    page.press("#search", "Enter")
+    assert _shows(page, "layer2/0") == ["layer2/0"]
+    page.fill("#search", "")
+    page.evaluate("document.getElementById('search').blur()")
+    page.keyboard.press("ArrowDown")  # the next layer's unit at the same place, its layer loaded on the way
+    assert _shows(page, "layer3/0") == ["layer3/0"]
+    assert errors == []
+    context.close()

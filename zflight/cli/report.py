@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace) -> Path:
             classes=source.classes or list(getattr(dataset, "classes", None) or []) or None,
             label_classes="predicted" if mapping is None else mapping, facts=facts,
             title=f"zflight report: {Path(args.ckpt_path or source.name).name}",
-            checkpoint=str(args.ckpt_path or args.checkpoint or ""), data_description=line,
+            checkpoint=str(args.ckpt_path or ""), data_description=line,
             dissection=dissection, dissection_from=args.dissection or "", dissect_images=args.dissect_images,
             scores=scores_doc, scores_from=args.scores or "", run=run, log_dir=log_dir,
         )
