@@ -152,6 +152,29 @@ class HistogramRecorder:
         state["max"] = torch.maximum(state["max"], values.amax(1))
         state["images"] += values.shape[1]
 
+    def _merge_ranks(self, state: dict[str, Any]) -> None:
+        """Sum the ranks' counts in one common range (every rank calls it, in the same layer order)."""
+        import torch.distributed as dist
+
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        lo = state["min"].to(device)
+        hi = state["max"].to(device)
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        self._widen(state, lo.cpu(), hi.cpu())
+        # Same low for all: widen from the common minimum, then the widest rank's bin width.
+        width = state["width"].to(device)
+        dist.all_reduce(width, op=dist.ReduceOp.MAX)
+        low = lo.cpu()
+        centres = state["low"][:, None] + (torch.arange(self.bins, dtype=torch.float64) + 0.5) * state["width"][:, None]
+        slot = ((centres - low[:, None]) / width.cpu()[:, None]).floor().clamp(0, self.bins - 1).long()
+        counts = torch.zeros_like(state["counts"]).scatter_add_(1, slot, state["counts"]).to(device)
+        images = torch.tensor([state["images"]], device=device)
+        dist.all_reduce(counts)
+        dist.all_reduce(images)
+        state.update(counts=counts.cpu(), low=low, width=width.cpu(), min=lo.cpu(), max=hi.cpu(),
+                     images=int(images.item()))
+
     def _widen(self, state: dict[str, Any], lo: torch.Tensor, hi: torch.Tensor) -> None:
         """Widen the units whose range misses ``[lo, hi]``; their counts move by bin centre."""
         low, width = state["low"], state["width"]
@@ -171,7 +194,17 @@ class HistogramRecorder:
         state["low"], state["width"] = new_low, new_width
 
     def result(self) -> dict[str, ActivationHistograms]:
-        """Return ``{name: ActivationHistograms}`` of the layers that saw at least one batch."""
+        """Return ``{name: ActivationHistograms}`` of the layers that saw at least one batch.
+
+        Under ``torch.distributed`` (each rank streamed its shard of the images), every rank
+        must call it: the ranks' bins are widened to one common range and their counts summed,
+        so every rank returns the histograms of all the images.
+        """
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for name in sorted(self._state):
+                self._merge_ranks(self._state[name])
         return {
             name: ActivationHistograms(
                 layer=name, channels=s["channels"].cpu(), counts=s["counts"].clone(), low=s["low"].clone(),
