@@ -446,7 +446,7 @@ def _dissection(
         note = "dissect_images was 0 and no dissection was given."
         return {}, f"not computed ({note})", {name: note for name in modules}
     elif not hasattr(dataset, "concept_masks"):
-        note = "the images have no concept masks (pass a dissection made on a data set that has them)."
+        note = "the images have no concept masks; pass a dissection made on images that have them."
         return {}, f"not computed ({note})", {name: note for name in modules}
     else:
         n = min(o["dissect_images"], len(dataset))
