@@ -306,7 +306,13 @@ def _layer(
     """One layer: project its units' top-k a chunk at a time, draw each unit's panel and the sprite."""
     from zflight.analysis import receptive_field, top_activation_crops
     from zflight.figures import save_png
-    from zflight.figures.report import LayerEntry, UnitEntry, layer_stem, unit_panel, unit_sprite
+    from zflight.figures.report import (
+        LayerEntry,
+        UnitEntry,
+        layer_stem,
+        unit_panel,
+        unit_sprite,
+    )
 
     stem = layer_stem(name)
     dotted, module = dotted_module
@@ -553,7 +559,11 @@ def _images(
 ) -> tuple[list[Any], str, list[str], dict[str, bool], str, str]:
     """Occlusion figures and per-image explanation scores of the first ``occlusion_images`` images."""
     from zflight.analysis.explanations import HIGHER_IS_BETTER, METRICS, score_methods
-    from zflight.analysis.occlusion import default_geometry, occlusion_analysis, occlusion_record
+    from zflight.analysis.occlusion import (
+        default_geometry,
+        occlusion_analysis,
+        occlusion_record,
+    )
     from zflight.attribution.methods import METHODS
     from zflight.figures import figure_to_tensor, save_png
     from zflight.figures.occlusion import occlusion_figure

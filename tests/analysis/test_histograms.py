@@ -79,9 +79,8 @@ def test_rides_on_top_activations_pass_and_removes_its_hooks():
 
 def test_hooks_are_removed_when_the_forward_raises():
     model = _Maps()
-    with pytest.raises(RuntimeError, match="boom"):
-        with HistogramRecorder(model, {"layer": None}):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), HistogramRecorder(model, {"layer": None}):
+        raise RuntimeError("boom")
     assert not model.layer._forward_hooks
 
 

@@ -288,7 +288,7 @@ def test_unknown_layer_names_close_layers(tiny_ckpt_factory, tmp_path, capsys):
 
 
 def test_a_failed_build_leaves_no_folder_and_no_half_written_page(tiny_ckpt_factory, tmp_path, monkeypatch):
-    import zflight.figures.report as report
+    from zflight.figures import report
 
     def broken(content, folder):
         (Path(folder) / "index.html").write_text("<!doctype html><p>half")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
-from html.parser import HTMLParser
 import dataclasses
 import json
+import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest

@@ -112,7 +112,7 @@ class HistogramRecorder:
             raise
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._remove()
 
     def _remove(self) -> None:

@@ -42,24 +42,28 @@ from typing import Any
 
 import torch
 
-from zflight.figures.grids import evolution_grid, normalize_projection, top_activation_panel
+from zflight.figures.grids import (
+    evolution_grid,
+    normalize_projection,
+    top_activation_panel,
+)
 
 __all__ = [
-    "UnitEntry",
-    "LayerEntry",
+    "ASSETS",
     "ImageEntry",
+    "LayerEntry",
     "ReportContent",
-    "unit_panel",
-    "unit_sprite",
-    "unit_evolution",
-    "histogram_svg",
+    "UnitEntry",
     "binned_histogram_svg",
+    "histogram_svg",
+    "layer_page",
+    "layer_script",
     "layer_stem",
     "render_html",
-    "layer_script",
-    "layer_page",
+    "unit_evolution",
+    "unit_panel",
+    "unit_sprite",
     "write_site",
-    "ASSETS",
 ]
 
 #: The package data files copied beside ``index.html`` (``zflight/figures/report/``).
