@@ -113,9 +113,10 @@ class FeatureEvolution(_EpochEndCallback):
         self.num_workers = num_workers
         self.final = bool(final)
         self._channels: dict[str, list[int]] = {}
-        # One entry per column, in order: (epoch, {layer: [maps, 3, tile, tile]}), the raw
-        # projections in float16 (the display rule is applied when drawing, so every picture
-        # of them follows the one rule); uint8 display tiles in checkpoints from before.
+        # One entry per column, in order: (epoch, {layer: [maps, 3, tile, tile]}), the
+        # projections in float16, each scaled to a peak of 1 (the display rule is applied when
+        # drawing, so every picture of them follows the one rule); uint8 display tiles in
+        # checkpoints from before.
         self._columns: list[tuple[int, dict[str, torch.Tensor]]] = []
 
     @property
@@ -159,7 +160,7 @@ class FeatureEvolution(_EpochEndCallback):
                 projections, _ = top_activation_crops(
                     model, probe, tops[name], tile=self.tile, batch_size=self.batch_size
                 )
-                column[name] = projections[:, 0].detach().cpu().to(torch.float16)
+                column[name] = _storable(projections[:, 0])
         self._columns.append((epoch, column))
 
     def _publish(self, trainer: Trainer, tensorboard: bool = True) -> None:
@@ -225,6 +226,18 @@ class FeatureEvolution(_EpochEndCallback):
             (int(e), {name: cols[name][i] for name in self.layers})
             for i, e in enumerate(state_dict["column_epochs"])
         ]
+
+
+def _storable(projections: torch.Tensor) -> torch.Tensor:
+    """Each projection ``[..., 3, h, w]`` divided by its own largest ``|value|``, in float16.
+
+    The display rule scales every projection on its own, so the picture is unchanged; without
+    the scaling, float16 would round to zero the deep layers' projections of a network at the
+    paper's N(0, 1e-2) start (1e-8 and below at 224 px), and the first epochs' tiles would be gray.
+    """
+    x = projections.detach().float().cpu()
+    peak = x.abs().amax(dim=(-3, -2, -1), keepdim=True)
+    return (x / peak.clamp_min(torch.finfo(torch.float32).tiny)).to(torch.float16)
 
 
 def _displayed(column: torch.Tensor) -> torch.Tensor:
