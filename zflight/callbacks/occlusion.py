@@ -24,7 +24,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from zflight.callbacks._common import CallbackConfigError, _check_int, _check_model_layers
+from zflight.callbacks._common import (
+    CallbackConfigError,
+    _check_int,
+    _check_model_layers,
+)
 
 __all__ = ["OcclusionFigures"]
 

@@ -199,7 +199,7 @@ class PackedImages(Dataset):
             raise IndexError(f"index {index} is out of range for the {len(self)} images of the {self.split!r} split")
         if self._images is None:
             self._images = np.load(self.root / self._files[0], mmap_mode="r")
-        c = int(round((self.size - self.crop_size) / 2.0))  # torchvision's centre_crop rounding
+        c = round((self.size - self.crop_size) / 2.0)  # torchvision's centre_crop rounding
         row = torch.from_numpy(np.ascontiguousarray(self._images[self._rows[index], c : c + self.crop_size, c : c + self.crop_size]))
         x = row.permute(2, 0, 1).float().div_(255.0)
         mean = torch.tensor(self._mean).view(3, 1, 1)
