@@ -10,8 +10,9 @@ every one fires after this epoch and ``FeatureEvolution`` probes all the trainin
 Measured within the run: the time inside each callback's hooks, and inside that the time of
 its mining pass (``top_activations``: a forward pass to conv5 per image plus the top-k
 bookkeeping), so each callback's cost splits into ``per image x images`` and a fixed part (the
-deconvnet projections, the figures, the PNGs). The training epoch is timed from its first batch
-to its last, after ``--warmup`` batches (compilation and cuDNN's autotuning left out). Then, per
+deconvnet projections, the figures, the PNGs). The mining time includes starting the
+DataLoader workers, so at small sizes the per-image cost, and the extrapolation, err high. The
+training epoch is timed from its first batch to its last, after ``--warmup`` batches (compilation and cuDNN's autotuning left out). Then, per
 epoch of ImageNet (1,281,167 training images; a probe of 50,000; 50,000 validation images), each
 callback's ``fixed + per image x images`` is set against ``1,281,167 x`` the training time per
 image, for one process. Under DDP the training and the mining are shared among the processes,
@@ -205,6 +206,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="best of this many fits")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
+    if args.num_images <= args.warmup * args.batch_size:
+        p.error(f"--num-images must exceed --warmup x --batch-size ({args.warmup * args.batch_size}) "
+                "so that some training batches are timed")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
