@@ -82,8 +82,8 @@ def test_imagenet_config_schedules_the_papers_figures(name, capsys):
 # ------------------------------------------------------------------ two epochs of each on the CPU
 @pytest.fixture(scope="module")
 def imagenet(tmp_path_factory) -> dict[str, Path]:
-    """A tiny ImageNet-style folder (3 classes, 4 train and 2 val images each) and its 256 px pack."""
-    src = make_folder(tmp_path_factory.mktemp("imagenet"), {"train": 4, "val": 2})
+    """A tiny ImageNet-style folder (3 classes, 2 train and 2 val images each) and its 256 px pack."""
+    src = make_folder(tmp_path_factory.mktemp("imagenet"), {"train": 2, "val": 2})
     dst = tmp_path_factory.mktemp("pack") / "zf"
     packmod.pack(src, dst, size=256, workers=0, chunk_size=8, progress=False)
     return {"folder": src, "pack": dst}
