@@ -199,6 +199,9 @@ def test_two_ddp_processes_log_once_from_rank_zero(tmp_path):
         "    - class_path: zflight.callbacks.TopActivationPanels\n"
         "      init_args: {layers: [conv2], maps: 2, k: 4, max_images: 16, tile: 16}\n"
         "    - class_path: zflight.callbacks.FilterGrid\n"
+        # Draws on rank 0 between collectives: the figure folder must be asked on every rank.
+        "    - class_path: zflight.callbacks.OcclusionFigures\n"
+        "      init_args: {every_n_epochs: 1, indices: [0], size: 32, stride: 32}\n"
     )
     cmd = [
         sys.executable, "-m", "zflight", "fit",
@@ -215,11 +218,12 @@ def test_two_ddp_processes_log_once_from_rank_zero(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = sorted((tmp_path / "runs" / "quickstart").glob("version_*"))
     figures = sorted(p.name for p in (run / "figures").glob("*"))
-    assert figures == ["evolution_conv1.png", "evolution_conv3.png", "filters_conv1.png", "top4_conv2_epoch001.png"]
+    assert figures == ["evolution_conv1.png", "evolution_conv3.png", "filters_conv1.png",
+                       "occlusion_0_epoch001.png", "top4_conv2_epoch001.png"]
     assert len(list(run.glob("events.out.tfevents.*"))) == 1  # rank 0 only
     acc = _events(run)
     tags = set(acc.Tags()["images"])
-    assert {"evolution/conv1", "evolution/conv3", "top4/conv2", "filters/conv1"} <= tags
+    assert {"evolution/conv1", "evolution/conv3", "top4/conv2", "filters/conv1", "occlusion/0"} <= tags
     assert len(acc.Images("evolution/conv1")) == 1
 
 

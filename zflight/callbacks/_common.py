@@ -89,6 +89,7 @@ class _LayerEpochCallback(_EpochEndCallback):
             self._at_epoch(trainer, pl_module, epoch)
             self._done_epochs.append(epoch)
 
+
 class CallbackConfigError(ValueError):
     """A callback's configuration does not fit the run it was given (a layer the network lacks).
 

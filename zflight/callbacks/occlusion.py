@@ -28,6 +28,7 @@ from zflight.callbacks._common import (
     CallbackConfigError,
     _check_int,
     _check_model_layers,
+    _figure_dir,
 )
 
 __all__ = ["OcclusionFigures"]
@@ -116,12 +117,13 @@ class OcclusionFigures(Callback):
         epoch = trainer.current_epoch + 1
         if epoch % self.every_n_epochs != 0:
             return
+        folder = _figure_dir(trainer)  # every rank: trainer.log_dir broadcasts from rank 0
         if trainer.is_global_zero:
-            self._draw(trainer, pl_module, epoch)
+            self._draw(trainer, pl_module, epoch, folder)
         trainer.strategy.barrier("OcclusionFigures")
 
     # ------------------------------------------------------------------------------- internals
-    def _draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+    def _draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int, folder: Path) -> None:
         from zflight.analysis.occlusion import default_geometry, occlusion_analysis
         from zflight.figures import figure_to_tensor, occlusion_figure, save_figure
 
@@ -145,7 +147,6 @@ class OcclusionFigures(Callback):
         )
         display = _display(dataset, images.cpu())
         class_names = getattr(dataset, "classes", None) or getattr(trainer.datamodule, "classes", None)
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
         maps = maps.to("cpu")
         for k, index in enumerate(self.indices):
             fig = occlusion_figure(
