@@ -7,7 +7,7 @@ pads them to the batch's largest (:class:`Collate`).
 
 Example:
     >>> from zflight.data import ShapesDataset
-    >>> masks, columns = Items(ShapesDataset(2), ShapesDataset(1).concepts, masks_of_size=(64, 64))[0]
+    >>> masks, columns, annotates = Items(ShapesDataset(2), ShapesDataset(1).concepts, masks_of_size=(64, 64))[0]
     >>> masks.dtype, masks.shape[1:]
     (torch.bool, torch.Size([64, 64]))
 """
@@ -25,7 +25,8 @@ class ConceptSubset(Dataset):
     """Items ``indices`` of a concept data set, keeping ``concepts``, ``concept_masks`` and display.
 
     ``torch.utils.data.Subset`` forwards only ``__getitem__``; :func:`dissect` also needs
-    ``concepts`` and ``concept_masks(i)``, and the figures need the images for display
+    ``concepts`` and ``concept_masks(i)`` (and, where the data set has them, ``mask_size``,
+    ``categories`` and ``image_categories(i)``), and the figures need the images for display
     (``denormalize`` or ``image(i)``), so this forwards those too, with item ``j`` being
     ``dataset[indices[j]]``.
 
@@ -70,18 +71,32 @@ class ConceptSubset(Dataset):
         if name in ("dataset", "indices"):
             raise AttributeError(name)
         attr = getattr(self.dataset, name)
-        if name in ("image", "mask", "box", "keypoints") and callable(attr):
+        if name in ("image", "mask", "box", "keypoints", "image_categories") and callable(attr):
             return lambda j, *a, **kw: attr(self.indices[j], *a, **kw)
         return attr
 
 
 class Items(Dataset):
     """Checked items for the DataLoader: ``(image, index)`` for pass 1, or with
-    ``masks_of_size`` (the images' size, known from pass 1) ``(masks [Cp, H, W], concept
-    indices [Cp])`` for pass 2: the masks of the concepts present, in concept order."""
+    ``masks_of_size`` (the masks' size: the images', known from pass 1, or the data set's
+    ``mask_size``) ``(masks [Cp, H, W], concept indices [Cp], annotates [G])`` for pass 2: the
+    masks of the concepts present, in concept order, and which of ``categories`` the image
+    annotates (``dataset.image_categories(i)``; ``G = 0`` without categories).
 
-    def __init__(self, dataset: Dataset, concepts: list[str], *, masks_of_size: tuple[int, int] | None = None) -> None:
+    Args:
+        dataset: the concept data set.
+        concepts: its concept names.
+        masks_of_size: ``None`` for pass 1, else the size every mask must have.
+        size_from: what that size is, for the message of a mask of another size.
+        categories: the data set's categories, or ``None``.
+    """
+
+    def __init__(
+        self, dataset: Dataset, concepts: list[str], *, masks_of_size: tuple[int, int] | None = None,
+        size_from: str = "its image's size", categories: list[str] | None = None,
+    ) -> None:
         self.dataset, self.concepts, self.size = dataset, concepts, masks_of_size
+        self.size_from, self.categories = size_from, categories
         self.column = {c: j for j, c in enumerate(concepts)}
 
     def __len__(self) -> int:
@@ -110,13 +125,23 @@ class Items(Dataset):
             if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != self.size:
                 got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
                 raise ValueError(
-                    f"dataset.concept_masks({i})[{name!r}] has shape {got}, but image {i} is "
-                    f"{self.size[0]}x{self.size[1]}: a mask must have its image's size"
+                    f"dataset.concept_masks({i})[{name!r}] has shape {got}, but the masks of image {i} "
+                    f"are {self.size[0]}x{self.size[1]}: a mask must have {self.size_from}"
                 )
             masks[self.column[name]] = mask if mask.dtype == torch.bool else mask != 0
         columns = sorted(masks)
         stacked = torch.stack([masks[c] for c in columns]) if columns else torch.zeros((0, *self.size), dtype=torch.bool)
-        return stacked, torch.tensor(columns, dtype=torch.int64)
+        annotates = torch.zeros(len(self.categories or ()), dtype=torch.bool)
+        if self.categories:
+            named = set(self.dataset.image_categories(i))  # type: ignore[attr-defined]
+            unknown = sorted(named - set(self.categories))
+            if unknown:
+                raise ValueError(
+                    f"dataset.image_categories({i}) names {unknown[0]!r}, which is not in "
+                    f"dataset.categories {self.categories}"
+                )
+            annotates = torch.tensor([g in named for g in self.categories], dtype=torch.bool)
+        return stacked, torch.tensor(columns, dtype=torch.int64), annotates
 
 
 def collate_images(items: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
@@ -127,8 +152,9 @@ def collate_images(items: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
 class Collate:
     """Stack, per image, the masks of its present concepts.
 
-    Returns ``masks [B, Cp, H, W]`` bool and ``columns [B, Cp]`` (each mask's concept index;
-    ``C`` pads the images with fewer than ``Cp``, the most any image of the batch has). An
+    Returns ``masks [B, Cp, H, W]`` bool, ``columns [B, Cp]`` (each mask's concept index;
+    ``C`` pads the images with fewer than ``Cp``, the most any image of the batch has) and
+    ``annotates [B, G]``, the categories each image annotates. An
     image shows a handful of the concepts (an object, its colour, a few parts, distractors,
     background), so this is ~C/Cp times smaller than a dense ``[B, C, H, W]`` stack.
     :class:`~zflight.analysis._unit_masks.PixelClasses` takes it from there.
@@ -137,15 +163,17 @@ class Collate:
     def __init__(self, n_concepts: int) -> None:
         self.n_concepts = n_concepts
 
-    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, (h, w) = len(items), items[0][0].shape[-2:]
         cp = max(1, max(it[0].shape[0] for it in items))
         masks = torch.zeros((b, cp, h, w), dtype=torch.bool)
         columns = torch.full((b, cp), self.n_concepts, dtype=torch.int64)
-        for row, (stacked, present) in enumerate(items):
+        for row, (stacked, present, _annotates) in enumerate(items):
             masks[row, : stacked.shape[0]] = stacked
             columns[row, : present.numel()] = present
-        return masks, columns
+        return masks, columns, torch.stack([it[2] for it in items])
 
 
 def same_size(items: list[tuple[Any, ...]]) -> None:

@@ -112,3 +112,52 @@ def check_device(model: nn.Module, device: torch.device | str | None) -> torch.d
             "not move the model; move it first (model.to(device)) or leave device=None"
         )
     return wanted
+
+
+def check_mask_size(dataset: Any) -> tuple[int, int] | None:
+    """The data set's ``mask_size`` (``(height, width)`` of every concept mask, e.g. Broden's
+    segmentation size, half the image), or ``None``: the masks have their image's size."""
+    size = getattr(dataset, "mask_size", None)
+    if size is None:
+        return None
+    ok = isinstance(size, (tuple, list)) and len(size) == 2
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
+    if not ok:
+        raise ValueError(f"dataset.mask_size must be None or (height, width) positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def concept_categories(dataset: Any, concepts: list[str]) -> tuple[list[str] | None, torch.Tensor | None]:
+    """The data set's categories and, per concept, the column of dissect's counts that holds a
+    unit's mask pixels over the images of the concept's category.
+
+    A data set with ``categories`` (a list of names) and ``image_categories(i)`` (the names
+    image ``i`` annotates) has its concepts named ``<category>/<name>``; a concept of category
+    ``g`` is scored over the images that annotate ``g`` only (Network Dissection's ``X_g``).
+    Without them, every image counts for every concept.
+
+    Returns:
+        ``(None, None)`` without categories, else ``(categories, columns [C])`` with
+        ``columns[c] = C + 2 + g`` for concept ``c`` of category ``g``.
+    """
+    categories = getattr(dataset, "categories", None)
+    if categories is None:
+        return None, None
+    if not callable(getattr(dataset, "image_categories", None)):
+        raise ValueError(
+            "dataset has 'categories' but no 'image_categories(index)' method: both are needed to "
+            "score each category over the images that annotate it"
+        )
+    categories = list(categories)
+    if not categories or not all(isinstance(g, str) for g in categories) or len(set(categories)) != len(categories):
+        raise ValueError(f"dataset.categories must be a non-empty list of distinct str, got {categories!r}")
+    index = {g: j for j, g in enumerate(categories)}
+    columns = []
+    for c in concepts:
+        g = c.split("/", 1)[0]
+        if g not in index:
+            raise ValueError(
+                f"dataset.concepts has {c!r}, whose category {g!r} is not in dataset.categories {categories}"
+            )
+        columns.append(len(concepts) + 2 + index[g])
+    return categories, torch.tensor(columns, dtype=torch.int64)

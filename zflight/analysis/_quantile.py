@@ -54,6 +54,18 @@ class RunningTop:
         self.pending_width = 0
         self.has_nan = torch.empty(0, dtype=torch.bool)
 
+    def start(self, a: torch.Tensor, n_images: int, quantile: float) -> None:
+        """Size the (empty) top values after maps ``a [B, K, h, w]`` of a data set of
+        ``n_images``, without adding them (a rank whose shard is empty starts from a probe)."""
+        units, h, w = a.shape[1:]
+        self.feature_size = (h, w)
+        self.n_total = n_images * h * w  # values per unit over the whole data set
+        self.m = quantile_ranks(self.n_total, quantile, a.dtype)[3]
+        self.top = a.new_empty((units, 0))
+        self.where = torch.empty((units, 0), dtype=torch.int64, device=a.device)
+        self.around = a.new_empty((units, 0, 9))
+        self.has_nan = torch.zeros(units, dtype=torch.bool, device=a.device)
+
     def update(self, a: torch.Tensor, first_row: int, n_images: int, quantile: float) -> None:
         """Add one batch's contiguous maps ``a [B, K, h, w]``, of the shard's images
         ``first_row ..``, to the top values.
@@ -62,13 +74,7 @@ class RunningTop:
         """
         units, h, w = a.shape[1:]
         if self.feature_size is None:
-            self.feature_size = (h, w)
-            self.n_total = n_images * h * w  # values per unit over the whole data set
-            self.m = quantile_ranks(self.n_total, quantile, a.dtype)[3]
-            self.top = a.new_empty((units, 0))
-            self.where = torch.empty((units, 0), dtype=torch.int64, device=a.device)
-            self.around = a.new_empty((units, 0, 9))
-            self.has_nan = torch.zeros(units, dtype=torch.bool, device=a.device)
+            self.start(a, n_images, quantile)
         offset = first_row * units * h * w
         # amax propagates NaN: torch.quantile returns NaN for a unit with any NaN, so do we.
         self.has_nan |= torch.isnan(a.amax(dim=(2, 3)).amax(dim=0))
@@ -152,7 +158,9 @@ class RunningTop:
         # lo = n_total - m) and, if hi > lo, the (m - 1)-th.
         top, has_nan = self.top, self.has_nan
         if world > 1:
-            top, has_nan = merge_top(top.topk(self.m, dim=1).values, has_nan, self.m)
+            # This rank may hold fewer than m values (a large quantile, a short shard):
+            # merge_top pads it, and the union of all ranks holds m.
+            top, has_nan = merge_top(top.topk(min(self.m, top.shape[1]), dim=1).values, has_nan, self.m)
         lowest = top.topk(self.m, dim=1, sorted=False).values.topk(min(2, self.m), dim=1, largest=False).values
         v_below = lowest[:, 0]
         v_above = lowest[:, hi - lo]

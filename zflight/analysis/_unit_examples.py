@@ -40,7 +40,9 @@ class UnitExamples:
         detectors: ``[U]`` bool, whether the unit is a detector.
         indices: ``[U, k]`` data set index of each unit's top images (strongest activation first).
         images: ``[U, k, 3, H, W]`` float in [0, 1], the images for display.
-        masks: ``[U, k, H, W]`` bool, ``M_k = up(a_k) > T_k`` on each image.
+        masks: ``[U, k, h, w]`` bool, ``M_k = up(a_k) > T_k`` on each image, at the size it
+            was scored (:attr:`Dissection.scored_size`: the images' size, or the data set's
+            ``mask_size``, e.g. Broden's half-size segmentations).
     """
 
     layer: str
@@ -68,7 +70,8 @@ def unit_examples(
     The images are ranked by the unit's largest activation (one pass over ``dataset`` for all
     layers, :func:`~zflight.analysis.topk.top_activations`); then the chosen images run once
     more, and each unit's map is upsampled and thresholded exactly as :func:`dissect` does
-    (``F.interpolate(bilinear, align_corners=False) > T_k``, with the dissection's ``T_k``).
+    (``F.interpolate(bilinear, align_corners=False) > T_k``, with the dissection's ``T_k``, at
+    the size the masks were scored).
 
     Under ``torch.distributed`` the ranking is a collective (every rank must call this); the
     second step runs on each rank's copy of the few chosen images.
@@ -138,7 +141,9 @@ def unit_examples(
                 a = as_maps(capture(model, [module], [key], x)[0], key)
                 sel = unit_of[start : start + batch_size].to(a.device)
                 maps = a[torch.arange(a.shape[0], device=a.device), sel][:, None]  # [b, 1, h, w]
-                up = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                # At the size dissect scored it (Broden's masks are half the image), so the
+                # picture shows the very mask counted; the figure scales it for display.
+                up = F.interpolate(maps, size=result.scored_size, mode="bilinear", align_corners=False)
                 masks.append((up[:, 0] > ld.thresholds.to(a.device)[sel][:, None, None]).cpu())
             shown = _display(dataset, images.float())
             u, kk = idx.shape
@@ -150,7 +155,7 @@ def unit_examples(
                 detectors=ld.detectors[us].clone(),
                 indices=idx.clone(),
                 images=shown.reshape(u, kk, *shown.shape[1:]),
-                masks=torch.cat(masks).reshape(u, kk, *images.shape[-2:]),
+                masks=torch.cat(masks).reshape(u, kk, *result.scored_size),
             )
     return out
 

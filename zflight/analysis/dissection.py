@@ -53,6 +53,8 @@ from zflight.analysis._dissect_inputs import (
     check_concept_dataset,
     check_device,
     check_fraction,
+    check_mask_size,
+    concept_categories,
     resolve_layers,
 )
 from zflight.analysis._distributed import progress_bar, rank_world, sum_across_ranks
@@ -115,7 +117,13 @@ class Dissection:
         quantile: the top fraction of activations that defines each unit's threshold.
         iou_threshold: the IoU above which a unit counts as a detector.
         num_images: images dissected.
-        image_size: ``(height, width)`` of the images (and concept masks).
+        image_size: ``(height, width)`` of the images (and of the concept masks, unless
+            ``mask_size`` says otherwise).
+        settings: the options of the run; ``"categories"`` where the data set has categories
+            (Broden's), each concept then scored over the images of its category.
+        mask_size: ``(height, width)`` of the concept masks, at which each ``M_k`` was scored,
+            where the data set gives one (Broden's segmentation size, half the image); ``None``:
+            ``image_size``.
     """
 
     layers: dict[str, LayerDissection]
@@ -125,6 +133,19 @@ class Dissection:
     num_images: int
     image_size: tuple[int, int]
     settings: dict[str, Any] = field(default_factory=dict)
+    mask_size: tuple[int, int] | None = None
+
+    @property
+    def categories(self) -> list[str] | None:
+        """The data set's categories (Broden's ``object``, ``part``, ...), or ``None``."""
+        cats = self.settings.get("categories")
+        return None if cats is None else list(cats)
+
+    @property
+    def scored_size(self) -> tuple[int, int]:
+        """``(height, width)`` at which each unit's mask was scored: :attr:`mask_size`, or the
+        images' size."""
+        return self.mask_size or self.image_size
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Detectors and unique concepts per layer, overall and per concept family.
@@ -132,15 +153,18 @@ class Dissection:
         Returns:
             ``{layer: {"units", "detectors", "unique_concepts", "concepts", "families"}}`` where
             ``concepts`` lists the detected concepts (sorted) and ``families`` maps each family
-            (:data:`CONCEPT_FAMILIES` first, then any other family found) to
-            ``{"detectors", "unique_concepts"}``.
+            (the data set's :attr:`categories` where it has them, else :data:`CONCEPT_FAMILIES`
+            first, then any other family found) to ``{"detectors", "unique_concepts"}``: Bau et
+            al.'s count table.
 
         Example:
             >>> result.summary()["conv5"]["families"]["object"]  # doctest: +SKIP
             {'detectors': 4, 'unique_concepts': 3}
         """
-        families = list(CONCEPT_FAMILIES)
-        families += sorted({_family(c) for c in self.concepts} - set(families))
+        families = self.categories
+        if families is None:
+            families = list(CONCEPT_FAMILIES)
+            families += sorted({_family(c) for c in self.concepts} - set(families))
         out: dict[str, dict[str, Any]] = {}
         for key, layer in self.layers.items():
             found = [lab for lab, det in zip(layer.labels, layer.detectors.tolist()) if det]
@@ -193,6 +217,61 @@ class Dissection:
             for k in order
         ]
 
+    def best_per_category(self, layer: str) -> dict[str, dict[str, Any]]:
+        """Each unit's best concept within each category (family), as NetDissect's tally lists.
+
+        Args:
+            layer: a key of :attr:`layers` or a layer's dotted name.
+
+        Returns:
+            ``{category: {"labels": [units] concept names, "iou": [units] float64}}``, the
+            categories in :meth:`summary`'s order (those with at least one concept); on ties
+            the first concept in :attr:`concepts` order.
+
+        Example:
+            >>> result.best_per_category("layer4")["scene"]["labels"][0]  # doctest: +SKIP
+            'scene/kitchen-s'
+        """
+        ld = self._layer(layer)
+        families = self.categories or list(dict.fromkeys(_family(c) for c in self.concepts))
+        out: dict[str, dict[str, Any]] = {}
+        for fam in families:
+            cols = [j for j, c in enumerate(self.concepts) if _family(c) == fam]
+            if not cols:
+                continue
+            sub = ld.iou[:, cols]
+            best = sub.argmax(dim=1)  # the first maximum, in concept order
+            out[fam] = {
+                "labels": [self.concepts[cols[int(j)]] for j in best],
+                "iou": sub.gather(1, best[:, None])[:, 0],
+            }
+        return out
+
+    def tally(self, layer: str) -> list[dict[str, Any]]:
+        """NetDissect's ``tally.csv`` rows for ``layer``: one per unit, by descending score.
+
+        Each row has ``unit`` (0-based), ``category``, ``label`` (the best concept's name
+        without its category) and ``score`` (its IoU), then per category ``g``
+        ``<g>-label`` and ``<g>-iou``, the unit's best concept in ``g``
+        (:meth:`best_per_category`).
+
+        Example:
+            >>> result.tally("layer4")[0]["label"]  # doctest: +SKIP
+            'dog'
+        """
+        ld = self._layer(layer)
+        per_cat = self.best_per_category(layer)
+        rows = []
+        for u in self.top_units(layer, ld.num_units):
+            k = u["unit"]
+            category, _, name = u["label"].partition("/")
+            row: dict[str, Any] = {"unit": k, "category": category, "label": name or category, "score": u["iou"]}
+            for fam, best in per_cat.items():
+                row[f"{fam}-label"] = best["labels"][k].partition("/")[2] or fam
+                row[f"{fam}-iou"] = float(best["iou"][k])
+            rows.append(row)
+        return rows
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (lists, str, float, int, bool, None) holding everything.
 
@@ -221,6 +300,7 @@ class Dissection:
                 }
                 for key, ld in self.layers.items()
             },
+            **({} if self.mask_size is None else {"mask_size": list(self.mask_size)}),
         }
 
     @classmethod
@@ -266,6 +346,9 @@ class Dissection:
                 num_images=int(data["num_images"]),
                 image_size=(int(data["image_size"][0]), int(data["image_size"][1])),
                 settings=dict(data.get("settings", {})),
+                mask_size=None if data.get("mask_size") is None else (
+                    int(data["mask_size"][0]), int(data["mask_size"][1])
+                ),
             )
         except KeyError as err:
             raise ValueError(f"data is not a Dissection.to_json() dict: missing key {err}") from None
@@ -288,6 +371,7 @@ def dissect(
     iou_threshold: float = 0.04,
     batch_size: int = 64,
     device: torch.device | str | None = None,
+    num_workers: int = 0,
     progress: bool = True,
 ) -> Dissection:
     """Label every unit of ``layers`` with the concept it detects (Network Dissection).
@@ -349,66 +433,75 @@ def dissect(
     """
     quantile = check_fraction("quantile", quantile, open_interval=True)
     iou_threshold = check_fraction("iou_threshold", iou_threshold, open_interval=False)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
     concepts = check_concept_dataset(dataset)
     n_images = len(dataset)  # type: ignore[arg-type]
     if n_images == 0:
         raise ValueError("dataset is empty: there are no images to dissect")
+    mask_size = check_mask_size(dataset)
+    categories, mask_columns = concept_categories(dataset, concepts)
     keys, modules = resolve_layers(model, layers)
 
     device = check_device(model, device)
     rank, world = rank_world()
-    if world > n_images:
-        raise ValueError(
-            f"dataset has {n_images} images, fewer than the {world} distributed ranks; every "
-            "rank needs at least one image"
-        )
+    # A rank may get no image (more ranks than images): it still takes part in every collective.
     shard = list(range(rank, n_images, world))
     states = [_LayerState(key, name, len(concepts)) for key, (name, _m) in zip(keys, modules)]
     order = [m for _n, m in modules]
     image_size: tuple[int, int] | None = None
+    loader_args = {"batch_size": batch_size, "sampler": shard, "num_workers": num_workers}
 
-    bar = progress_bar(progress and rank == 0, 2 * len(shard), "dissect (2 passes)")
+    show = progress and rank == 0
+    bar = progress_bar(show, len(shard), "dissect 1/2: forward")
     try:
         # inference_mode, not no_grad: nothing here needs autograd's bookkeeping (~5 % faster).
         with preserve_modes(model, eval_mode=True), torch.inference_mode():
             # Pass 1, the only forward pass: every unit's running top-m activations, each
             # with its image, position and 3x3 neighbourhood.
             first = 0  # the batch's first row in the shard
-            for images in DataLoader(
-                Items(dataset, concepts),
-                batch_size=batch_size,
-                sampler=shard,
-                collate_fn=collate_images,
-            ):
+            for images in DataLoader(Items(dataset, concepts), collate_fn=collate_images, **loader_args):
                 image_size = check_image_size(images, image_size)
                 outs = capture(model, order, keys, images.to(device, non_blocking=True))
                 for state, out in zip(states, outs):
                     state.update_top(out, first, n_images, quantile)
                 first += images.shape[0]
                 bar.update(images.shape[0])
+            if not shard:
+                # Shapes from image 0, which this rank does not count.
+                probe = collate_images([Items(dataset, concepts)[0]])
+                image_size = check_image_size(probe, None)
+                outs = capture(model, order, keys, probe.to(device))
+                for state, out in zip(states, outs):
+                    state.running.start(as_maps(out, state.key), n_images, quantile)
+        bar.close()
         assert image_size is not None  # the data set is not empty
         for state in states:
             state.finish_thresholds(quantile, world)
         # Every unit's pixel counts, all layers in one matrix (one all_reduce under DDP):
-        # |M_k & L_c| for c < C, a column for the padding of present-concept lists, |M_k|.
+        # |M_k & L_c| for c < C, a column for the padding of present-concept lists, |M_k|,
+        # then |M_k| over the images of each category (none without categories).
         units = [state.thresholds.numel() for state in states]
-        counts = torch.zeros(sum(units), len(concepts) + 2, dtype=torch.float64, device=device)
+        n_columns = len(concepts) + 2 + len(categories or ())
+        counts = torch.zeros(sum(units), n_columns, dtype=torch.float64, device=device)
         offsets = [sum(units[:i]) for i in range(len(units))]
 
         # Pass 2, the concept masks only: pixel counts of M_k & L_c, M_k and L_c, with each
         # M_k rebuilt from the activations pass 1 kept (no second forward pass).
-        concept_pixels = torch.zeros(len(concepts) + 2, dtype=torch.float64, device=device)
+        concept_pixels = torch.zeros(n_columns, dtype=torch.float64, device=device)
         workspace = Workspace()  # the upsampled maps' buffers, reused batch after batch
         first = 0  # the batch's first row in the shard
-        for masks, columns in DataLoader(
-            Items(dataset, concepts, masks_of_size=image_size),
-            batch_size=batch_size,
-            sampler=shard,
-            collate_fn=Collate(len(concepts)),
-        ):
-            present = PixelClasses.of(masks.to(device, non_blocking=True), columns.to(device), len(concepts))
+        items = Items(
+            dataset, concepts, masks_of_size=mask_size or image_size, categories=categories,
+            size_from="the size dataset.mask_size gives" if mask_size else "its image's size",
+        )
+        bar = progress_bar(show, len(shard), "dissect 2/2: masks")
+        for masks, columns, annotates in DataLoader(items, collate_fn=Collate(len(concepts)), **loader_args):
+            present = PixelClasses.of(
+                masks.to(device, non_blocking=True), columns.to(device), len(concepts),
+                annotates if categories else None,
+            )
             concept_pixels += present.pixels
             rows = (first, first + masks.shape[0])
             maps = [(state, offset, state.masks_of(*rows)) for state, offset in zip(states, offsets)]
@@ -424,8 +517,12 @@ def dissect(
     result = {}
     for state, offset, n_units in zip(states, offsets, units):
         result[state.key] = state.finish(
-            concepts, counts[offset : offset + n_units], concept_pixels[: len(concepts)], iou_threshold
+            concepts, counts[offset : offset + n_units], concept_pixels[: len(concepts)], iou_threshold,
+            mask_columns,
         )
+    settings: dict[str, Any] = {"quantile": quantile, "iou_threshold": iou_threshold, "batch_size": batch_size}
+    if categories is not None:
+        settings["categories"] = list(categories)
     return Dissection(
         layers=result,
         concepts=list(concepts),
@@ -433,7 +530,8 @@ def dissect(
         iou_threshold=iou_threshold,
         num_images=n_images,
         image_size=image_size,
-        settings={"quantile": quantile, "iou_threshold": iou_threshold, "batch_size": batch_size},
+        settings=settings,
+        mask_size=mask_size,
     )
 
 
@@ -479,12 +577,21 @@ class _LayerState:
         return self.kept.masks_of(first, stop)
 
     def finish(
-        self, concepts: list[str], counts: torch.Tensor, concept_pixels: torch.Tensor, iou_threshold: float
+        self, concepts: list[str], counts: torch.Tensor, concept_pixels: torch.Tensor, iou_threshold: float,
+        mask_columns: torch.Tensor | None = None,
     ) -> LayerDissection:
-        """IoU from this layer's rows of the (rank-summed) counts, labels and detectors."""
-        inter, mask_pixels = counts[:, : self.n_concepts], counts[:, -1]
+        """IoU from this layer's rows of the (rank-summed) counts, labels and detectors.
+
+        ``mask_columns [C]``: the column of ``counts`` that holds ``sum_{x in X_g} |M_k(x)|``
+        for each concept's category ``g``; ``None``: every image counts (column ``C + 1``).
+        """
+        inter = counts[:, : self.n_concepts]
         # Both counts are exact integers in float64 (below 2**53 pixels).
-        union = mask_pixels[:, None] + concept_pixels[None, :].double() - inter
+        if mask_columns is None:
+            mask_pixels = counts[:, self.n_concepts + 1]
+            union = mask_pixels[:, None] + concept_pixels[None, :].double() - inter
+        else:
+            union = counts[:, mask_columns] + concept_pixels[None, :].double() - inter
         iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
         # torch.max along a dim does not promise the first maximum on ties; argmax does.
         best_idx = iou.argmax(dim=1)

@@ -308,8 +308,8 @@ def top_activation_crops(
         >>> proj.shape
         torch.Size([2, 9, 3, 48, 48])
     """
-    from zflight.attribution.deconvnet import DeconvNet
     from zflight.analysis.receptive_field import receptive_field
+    from zflight.attribution.deconvnet import DeconvNet
 
     if not isinstance(top, TopActivations):
         raise TypeError(f"top_activation_crops(model, dataset, top): top must be a TopActivations, "
