@@ -88,15 +88,16 @@ class Items(Dataset):
         concepts: its concept names.
         masks_of_size: ``None`` for pass 1, else the size every mask must have.
         size_from: what that size is, for the message of a mask of another size.
+        size_of: whose size it is, in that message (followed by the image's index).
         categories: the data set's categories, or ``None``.
     """
 
     def __init__(
         self, dataset: Dataset, concepts: list[str], *, masks_of_size: tuple[int, int] | None = None,
-        size_from: str = "its image's size", categories: list[str] | None = None,
+        size_from: str = "its image's size", size_of: str = "image", categories: list[str] | None = None,
     ) -> None:
         self.dataset, self.concepts, self.size = dataset, concepts, masks_of_size
-        self.size_from, self.categories = size_from, categories
+        self.size_from, self.size_of, self.categories = size_from, size_of, categories
         self.column = {c: j for j, c in enumerate(concepts)}
 
     def __len__(self) -> int:
@@ -125,8 +126,8 @@ class Items(Dataset):
             if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != self.size:
                 got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
                 raise ValueError(
-                    f"dataset.concept_masks({i})[{name!r}] has shape {got}, but the masks of image {i} "
-                    f"are {self.size[0]}x{self.size[1]}: a mask must have {self.size_from}"
+                    f"dataset.concept_masks({i})[{name!r}] has shape {got}, but {self.size_of} "
+                    f"{i} is {self.size[0]}x{self.size[1]}: a mask must have {self.size_from}"
                 )
             masks[self.column[name]] = mask if mask.dtype == torch.bool else mask != 0
         columns = sorted(masks)

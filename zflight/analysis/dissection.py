@@ -495,6 +495,7 @@ def dissect(
         items = Items(
             dataset, concepts, masks_of_size=mask_size or image_size, categories=categories,
             size_from="the size dataset.mask_size gives" if mask_size else "its image's size",
+            size_of="dataset.mask_size of image" if mask_size else "image",
         )
         bar = progress_bar(show, len(shard), "dissect 2/2: masks")
         for masks, columns, annotates in DataLoader(items, collate_fn=Collate(len(concepts)), **loader_args):
