@@ -7,11 +7,21 @@ al.'s, exactly:
 - the threshold ``T_k`` of unit ``k`` is the ``1 - quantile`` quantile of all its activations
   over every position of every image, at the layer's own resolution, as
   ``torch.quantile(values, 1 - quantile)`` (linear interpolation) computes it;
-- its mask on an image is ``M_k = F.interpolate(a_k, size=image size, mode="bilinear",
-  align_corners=False) > T_k``;
-- ``IoU(k, c) = sum_images |M_k & L_c| / sum_images |M_k | L_c|`` over the whole data set;
+- its mask on an image is ``M_k = F.interpolate(a_k, size=mask size, mode="bilinear",
+  align_corners=False) > T_k``, the mask size being the image's, or the data set's
+  ``mask_size`` (Broden's segmentation size ``sh x sw``, half the image);
+- ``IoU(k, c) = sum_{x in X_g} |M_k & L_c| / sum_{x in X_g} |M_k | L_c|``, where ``X_g`` is the
+  set of images that annotate the category ``g`` of concept ``c`` (a data set with
+  ``categories`` and ``image_categories(i)``, such as :class:`~zflight.data.BrodenDataset`);
+  without categories every image counts for every concept;
 - the unit's label is the concept of largest IoU (the first one on ties), and the unit is a
   *detector* where that IoU exceeds ``iou_threshold``.
+
+The parts live in their own modules: the running top values and exact quantile
+(:mod:`~zflight.analysis._quantile`), the maps rebuilt from kept neighbourhoods
+(:mod:`~zflight.analysis._neighbourhoods`), the counting (:mod:`~zflight.analysis._unit_masks`),
+the data items and collation (:mod:`~zflight.analysis._concept_data`), the figure's material
+(:mod:`~zflight.analysis._unit_examples`).
 
 It takes two passes over the data but only one forward pass: the first pass runs the model and
 keeps each unit's top values (those the quantile reads, with their places and 3x3
@@ -395,21 +405,27 @@ def dissect(
     Under ``torch.distributed`` (a process group initialized), each rank dissects images
     ``rank, rank + world_size, ...``; the per-unit top values are merged with ``all_gather``
     and the pixel counts with ``all_reduce(SUM)``, so every rank returns what one process would.
-    Every rank must call this function.
+    Every rank must call this function; a rank whose shard holds fewer values than the quantile
+    reads, or no image at all (more ranks than images), takes part all the same.
 
     Args:
         model: a CNN whose ``layers`` output ``[N, units, h, w]`` maps (``[N, units]`` counts
             as 1x1 maps).
         dataset: a map-style data set: ``dataset[i]`` is ``(image [3, H, W], label)`` (or an
             image), ``dataset.concepts`` the concept names and ``dataset.concept_masks(i)`` a
-            dict from the names of the concepts present in image ``i`` to bool ``[H, W]``
-            masks (absent concepts: all False). All images share one size.
+            dict from the names of the concepts present in image ``i`` to bool masks (absent
+            concepts: all False), ``[H, W]`` or, where the data set has a ``mask_size``, of
+            that size. All images share one size. A data set with ``categories`` and
+            ``image_categories(i)`` names its concepts ``<category>/<name>`` and has each
+            scored over the images that annotate its category.
         layers: a layer (module, dotted name or unique suffix such as ``"conv5"``) or a list.
         quantile: top fraction of each unit's activations above its threshold, in (0, 1).
         iou_threshold: a unit whose best IoU exceeds this is a detector, in [0, 1].
         batch_size: images per forward pass.
         device: where the model runs: ``None`` or its parameters' device (it is not moved).
-        progress: show a tqdm progress bar (rank 0 only) over both passes.
+        num_workers: DataLoader workers reading the images and masks (Broden's label PNGs
+            are worth decoding in workers); 0 reads them in this process.
+        progress: show a tqdm progress bar per pass (rank 0 only), in images/s.
 
     Returns:
         A :class:`Dissection` (tensors on the CPU), keyed by layer as given.
@@ -417,9 +433,10 @@ def dissect(
     Raises:
         ValueError: an unknown layer (with close names), a repeated layer, a layer whose
             output is not a map, a ``device`` other than the model's, ``quantile`` outside (0, 1), ``iou_threshold`` outside
-            [0, 1], a bad ``batch_size``, a data set without ``concepts``/``concept_masks``,
-            an empty data set, images of differing sizes, or a mask whose size differs from
-            its image or whose concept is unknown (naming the index and the concept).
+            [0, 1], a bad ``batch_size`` or ``num_workers``, a data set without ``concepts``/``concept_masks``,
+            an empty data set, images of differing sizes, a bad ``mask_size``/``categories``,
+            or a mask whose size differs from its image (or ``mask_size``) or whose concept is
+            unknown (naming the index and the concept).
 
     Example:
         >>> from zflight import zfnet
