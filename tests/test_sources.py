@@ -383,3 +383,20 @@ def test_facts_name_source_weights_preprocessing_and_classes(tmp_path):
     assert facts["model"] == "torchvision resnet18" and facts["weights"] == "random (weights=None)"
     assert facts["preprocessing"].startswith("shorter side 64, centre crop 64")
     assert json.dumps(facts)
+
+
+def test_zflight_checkpoint_of_a_folder_that_is_gone_keeps_its_preprocessing(tmp_path):
+    from zflight.module import ImageClassifier
+    from zflight.sources import default_dataset
+
+    module = ImageClassifier(arch="zfnet", num_classes=4, width=0.125, image_size=64)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "datamodule_hyper_parameters": {"_class_path": "zflight.data.ImageFolderDataModule",
+                                                "root": str(tmp_path / "gone"), "resize": 72, "crop_size": 64,
+                                                "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}},
+               tmp_path / "in.ckpt")
+    source = load_model(ckpt_path=tmp_path / "in.ckpt")
+    assert (source.preprocess.resize, source.preprocess.crop, source.preprocess.mean) == (72, 64, (0.5, 0.5, 0.5))
+    assert source.default_layers == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    with pytest.raises(ValueError, match=r"images: the checkpoint's data \(.*gone\) cannot be read on this machine"):
+        default_dataset(source)

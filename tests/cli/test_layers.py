@@ -53,3 +53,13 @@ def test_files_that_are_not_checkpoints_are_one_line_for_both_options(tmp_path, 
             main(["layers", *option])
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(bad) in err and option[-2] in err, err
+
+
+def test_weights_of_another_architecture_are_one_line_with_missing_and_unexpected_keys(tmp_path, capsys):
+    torch.save(torchvision.models.squeezenet1_0().state_dict(), tmp_path / "squeeze.pt")
+    with pytest.raises(SystemExit):
+        main(["layers", "--model", "resnet18", "--checkpoint", str(tmp_path / "squeeze.pt")])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--checkpoint: " in err and "does not fit ResNet" in err
+    assert "missing keys (conv1.weight, bn1.weight, bn1.bias, ...)" in err and "unexpected keys (features.0.weight" in err
