@@ -128,4 +128,4 @@ def test_bad_input_is_one_line_naming_the_file_and_row(tmp_path):
 
     _rewrite(root / "index.csv", two_sizes)
     with pytest.raises(ValueError, match=r"segmentation sizes differ \(line 2 is 8x8, line 3 is 9x8\)"):
-        BrodenDataset(root).mask_size
+        _ = BrodenDataset(root).mask_size

@@ -58,7 +58,7 @@ def is_broden(root: str | os.PathLike[str]) -> bool:
 class _Row:
     """One image of ``index.csv``: its file, sizes, line (for messages) and category cells."""
 
-    __slots__ = ("image", "split", "ih", "iw", "sh", "sw", "line", "cells")
+    __slots__ = ("cells", "ih", "image", "iw", "line", "sh", "split", "sw")
 
     def __init__(self, record: dict[str, str], line: int, categories: Sequence[str]) -> None:
         self.line = line
