@@ -234,3 +234,20 @@ def test_bad_broden_input_is_one_error_line_naming_the_file(ckpt, broden, tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()
+
+
+def test_any_model_named_with_model_dissects_a_broden_folder_with_workers(broden, tmp_path):
+    from tests.analysis.test_dissection import small_cnn
+    from zflight.data import IMAGENET_MEAN, IMAGENET_STD
+    from zflight.data.broden import BrodenDataset
+
+    doc = main(["--model", "tests.analysis.test_dissection:small_cnn", "--concepts", str(broden),
+                "--layers", "conv1", "conv3", "--units", "2", "--examples", "2", "--workers", "2",
+                "--out", str(tmp_path / "m")])
+    assert doc["source"]["model"] == "import tests.analysis.test_dissection:small_cnn"
+    direct = dissect(small_cnn(), BrodenDataset(broden, mean=IMAGENET_MEAN, std=IMAGENET_STD), ["conv1", "conv3"],
+                     progress=False)
+    got = Dissection.from_json(doc)
+    for name in ["conv1", "conv3"]:
+        assert torch.equal(got.layers[name].iou, direct.layers[name].iou)
+    assert doc["mask_size"] == [32, 32]
