@@ -1,7 +1,8 @@
 """Data: the embedded offline shapes data set (with exact object and concept masks), users' pixel
-labels (:class:`ConceptFolder`) and LightningDataModules (shapes, image folders, packed ImageNet)."""
+labels (:class:`ConceptFolder`), Broden (:class:`BrodenDataset`) and LightningDataModules (shapes, image folders, packed ImageNet)."""
 
 from zflight.data._base import ResumableLoader, ResumableSampler, SeededSamples
+from zflight.data.broden import BrodenDataset
 from zflight.data.concepts import ConceptFolder
 from zflight.data.datamodules import (
     IMAGENET_MEAN,
@@ -18,6 +19,7 @@ from zflight.data.shapes import CLASSES as SHAPES_CLASSES
 from zflight.data.shapes import ShapesDataset
 
 __all__ = [
+    "BrodenDataset",
     "ConceptFolder",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
