@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
 
+from tests.any_model import model_options
 from zflight.analysis.evaluation import pointing_game, relevance, relevance_mass
 from zflight.attribution.methods import attribute
 from zflight.cli import main as zflight_main
@@ -77,13 +79,14 @@ def test_sanity_writes_the_randomization_curves(tiny_ckpt, tmp_path):
 
 
 def _foreign_ckpt(tmp_path):
-    """A checkpoint whose data module read an image folder, not the embedded shapes."""
+    """A checkpoint whose data module read an image folder that is not on this machine."""
     from zflight.module import ImageClassifier
 
     module = ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64)
     path = tmp_path / "folder.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "datamodule_hyper_parameters": {"root": "/data/imagenet", "image_size": 64}}, path)
+                "datamodule_hyper_parameters": {"_class_path": "zflight.data.ImageFolderDataModule",
+                                                "root": "/data/imagenet", "image_size": 64}}, path)
     return path
 
 
@@ -102,7 +105,7 @@ def _foreign_ckpt(tmp_path):
         (["--num_images", "3", "--show", "4"], "--show: 4 images to draw but only --num_images 3 scored"),
         (["--num_images", "3", "--sanity", "--sanity_images", "4"], "--sanity_images: 4 is more than"),
         (["--device", "gpu0"], "--device: "),
-        ("foreign", "--ckpt_path: the checkpoint was not trained on the embedded shapes data set"),
+        ("foreign", "--images: the checkpoint's data (/data/imagenet) cannot be read on this machine"),
     ],
 )
 def test_bad_input_one_error_line_nothing_written(tiny_ckpt, tmp_path, capsys, extra, message):
@@ -117,4 +120,89 @@ def test_bad_input_one_error_line_nothing_written(tiny_ckpt, tmp_path, capsys, e
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("python -m zflight evaluate: error: ")
     assert message in err[0]
+    assert list(work.iterdir()) == []
+
+
+# ----------------------------------------------------------------- any model, any images
+
+
+def _run_any(resnet18_file, out, *extra, classes=True):
+    options = model_options(resnet18_file["state_dict"], resnet18_file["classes"] if classes else None)
+    return zflight_main(["evaluate", *options, "--out", str(out), "--methods", "saliency", "random",
+                         "--steps", "2", *extra])
+
+
+def test_any_model_with_masks_scores_localization_for_the_folder_labels(resnet18_file, photos, tmp_path, capsys):
+    out = tmp_path / "ev"
+    doc = _run_any(resnet18_file, out, "--images", str(photos["classes"]), "--masks", str(photos["masks"]))
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.png", "scores.json", "scores.md"]
+    data = json.loads((out / "scores.json").read_text())
+    assert data == json.loads(json.dumps(doc))
+    assert data["files"] == ["cat/a.png", "cat/b.jpg", "dog/c.png", "dog/d.jpg"]
+    assert data["metrics"] == ["pointing_game", "relevance_mass", "relevance_rank", "deletion_auc", "insertion_auc"]
+    assert data["target"] == "the true label" and data["targets"] == [0, 0, 1, 1]
+    assert data["localization_skipped"] is False and data["model"]["model"] == "torchvision resnet18"
+    # The mask is cropped as the image is: the model sees the box at rows 8-25, columns 8-27.
+    from zflight.sources import image_folder, load_model
+
+    source = load_model("resnet18", model_args={"num_classes": 3}, checkpoint=resnet18_file["state_dict"],
+                        preprocess={"resize": 36, "crop": 32})
+    ds = image_folder(photos["classes"], source.preprocess)
+    x = torch.stack([ds[i][0] for i in range(4)])
+    mask = torch.zeros(4, 32, 32, dtype=torch.bool)
+    mask[:, 8:26, 8:28] = True
+    r = relevance(attribute("saliency", source.model, x, torch.tensor([0, 0, 1, 1])).double())
+    assert data["per_image"]["saliency"]["relevance_mass"] == pytest.approx(relevance_mass(r, mask).tolist(), abs=1e-9)
+    printed = capsys.readouterr().out
+    assert "model: torchvision resnet18" in printed and "images: 4 images from" in printed
+
+
+def test_any_model_without_masks_skips_localization_and_uses_the_predicted_class(resnet18_file, photos, tmp_path,
+                                                                                  capsys):
+    out = tmp_path / "ev"
+    _run_any(resnet18_file, out, "--images", str(photos["flat"]), classes=False)
+    data = json.loads((out / "scores.json").read_text())
+    assert data["metrics"] == ["deletion_auc", "insertion_auc"] and data["localization_skipped"] is True
+    assert data["accuracy"] is None and data["target"].startswith("the predicted class (the images have no classes")
+    assert list(data["scores"]["saliency"]) == ["deletion_auc", "insertion_auc"]
+    printed = capsys.readouterr().out
+    assert ("localization scores skipped (pointing_game, relevance_mass, relevance_rank): the images have no "
+            "object masks (give --masks DIR: one binary PNG per image)") in printed
+    assert "target: the images have no classes (a flat folder): the predicted class is used" in printed
+    assert "Localization scores skipped" in (out / "scores.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "resnet19"], "--model: 'resnet19' is not a torchvision classification model; did you mean "),
+        (["--masks", "{masks_short}"], "--masks: no mask for dog/d.jpg: expected {masks_short}/dog/d.png"),
+        (["--metrics", "pointing_game"], "--metrics: pointing_game need object masks: give --masks DIR"),
+        (["--masks", "{masks}", "--images", "{flat}"], "--masks: no mask for x.png"),
+        ("feature_maps", "--model: evaluate needs a classifier; torch.nn:Conv2d outputs 4-channel feature maps"),
+    ],
+)
+def test_any_model_bad_input_one_error_line_nothing_written(resnet18_file, photos, tmp_path, capsys, extra, message):
+    short = tmp_path / "masks_short"
+    shutil.copytree(photos["masks"], short)
+    (short / "dog" / "d.png").unlink()
+    names = {"masks": str(photos["masks"]), "masks_short": str(short), "flat": str(photos["flat"])}
+    work = tmp_path / "work"
+    work.mkdir()
+    if extra == "feature_maps":
+        argv = ["evaluate", "--model", "torch.nn:Conv2d", "--model_args",
+                '{"in_channels": 3, "out_channels": 4, "kernel_size": 3}', "--image_size", "32",
+                "--images", str(photos["flat"]), "--out", str(work / "ev")]
+    else:
+        options = model_options(resnet18_file["state_dict"])
+        if "--model" in extra:
+            options[1] = extra[1]
+        argv = ["evaluate", *options, "--images", str(photos["classes"]), "--out", str(work / "ev"),
+                *([] if "--model" in extra else [a.format(**names) for a in extra])]
+    with pytest.raises(SystemExit) as exc:
+        zflight_main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m zflight evaluate: error: "), err
+    assert message.format(**names) in err[0]
     assert list(work.iterdir()) == []
