@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from tests.any_model import model_options
 from zflight.cli.invariance import main as invariance_main
 
 
@@ -63,7 +64,6 @@ def test_cli_writes_png_and_json_from_image_files(write_pngs, tiny_ckpt, tmp_pat
     [
         (["--images", "{missing}", "--labels", "0"], "--images: no such file: {missing}"),
         (["--images", "{bad}", "--labels", "0"], "--images: cannot read image file {bad}"),
-        (["--images", "{good}"], "--labels"),
         (["--images", "{good}", "--labels", "0", "1"], "--labels: one per --images file"),
         (["--images", "{good}", "--labels", "squircle"], "--labels: unknown class 'squircle'"),
         (["--images", "{good}", "--labels", "12"], "--labels: class 12"),
@@ -100,3 +100,68 @@ def test_cli_missing_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         invariance_main(["--ckpt_path", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "o")])
     assert "--ckpt_path" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- any model, any images
+def _run_any(resnet18_file, out, *extra, classes=True):
+    options = model_options(resnet18_file["state_dict"], resnet18_file["classes"] if classes else None)
+    return invariance_main([*options, "--out", str(out), "--transforms", "scale", "--scale_amounts", "1", "1.5",
+                            *extra])
+
+
+def test_any_model_on_a_class_folder_uses_its_labels_and_the_first_and_last_default_layers(
+        resnet18_file, photos, tmp_path, capsys):
+    out = tmp_path / "inv"
+    _run_any(resnet18_file, out, "--images", str(photos["classes"]))
+    assert (out / "invariance.png").stat().st_size > 1000
+    data = json.loads((out / "invariance.json").read_text())
+    # resnet18 at 32 px: relu 16x16, layer1 8x8, layer2 4x4, layer3 2x2 (layer4 is 1x1, not a map).
+    assert data["layers"] == ["relu", "layer3"]
+    assert data["labels_from"] == "the class folders" and data["class_names"] == ["cat", "cat", "dog", "dog"]
+    assert data["curves"][0]["labels"] == [0, 0, 1, 1]
+    assert data["images"] == [str(photos["classes"] / n) for n in ("cat/a.png", "cat/b.jpg", "dog/c.png", "dog/d.jpg")]
+    assert [d[0] for d in data["curves"][0]["layers"]["relu"]["distance"]] == [0.0] * 4  # scale 1: no change
+    printed = capsys.readouterr().out
+    assert "layers: relu layer3 (the first and last default layers" in printed
+
+
+def test_any_model_without_labels_uses_the_predicted_class_and_labels_name_the_model_classes(
+        resnet18_file, photos, tmp_path, capsys):
+    _run_any(resnet18_file, tmp_path / "a", "--images", str(photos["flat"]), "--layers", "layer1")
+    data = json.loads((tmp_path / "a" / "invariance.json").read_text())
+    assert data["layers"] == ["layer1"]
+    assert data["labels_from"].startswith("the predicted class (the images have no classes")
+    assert "labels: the images have no classes" in capsys.readouterr().out
+    files = [str(photos["flat"] / "x.png"), str(photos["flat"] / "y.jpg")]
+    _run_any(resnet18_file, tmp_path / "b", "--images", *files, "--labels", "cat", "2")
+    data = json.loads((tmp_path / "b" / "invariance.json").read_text())
+    assert data["labels_from"] == "--labels" and data["class_names"] == ["cat", "fox"]
+    assert data["images"] == files
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--model", "resnet19"], "--model: 'resnet19' is not a torchvision classification model; did you mean"),
+        (["--layers", "layer9"], "--layers: layer='layer9'"),
+        ("feature_maps", "--model: invariance needs a classifier"),
+    ],
+)
+def test_any_model_bad_input_one_message_no_output(resnet18_file, photos, tmp_path, capsys, extra, words):
+    work = tmp_path / "work"
+    work.mkdir()
+    if extra == "feature_maps":
+        argv = ["--model", "torch.nn:Conv2d", "--model_args", '{"in_channels": 3, "out_channels": 4, "kernel_size": 3}',
+                "--image_size", "32"]
+    else:
+        argv = model_options(resnet18_file["state_dict"])
+        if extra[0] == "--model":
+            argv[1] = extra[1]
+        else:
+            argv += extra
+    with pytest.raises(SystemExit) as exc:
+        invariance_main([*argv, "--images", str(photos["flat"]), "--out", str(work / "inv")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert list(work.iterdir()) == []
