@@ -1,7 +1,9 @@
 import json
 
 import pytest
+import torch
 
+from tests.any_model import model_options
 from zflight.cli.correspondence import main as correspondence_main
 
 
@@ -98,3 +100,59 @@ def test_cli_images_and_data_set_flags_do_not_mix(write_pngs, tiny_ckpt, tmp_pat
     assert exc.value.code == 2
     assert "--classes goes with data set images" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img0.png", "img1.png"]
+
+
+# ----------------------------------------------------------------- any model, any images
+def test_any_model_with_images_and_points_uses_its_last_two_default_layers(resnet18_file, photos, tmp_path, capsys):
+    out = tmp_path / "corr"
+    correspondence_main([*model_options(resnet18_file["state_dict"]), "--images", str(photos["classes"]),
+                         "--points", "10,10", "12,9", "20,20", "31,0", "--size", "6", "--repeats", "2",
+                         "--out", str(out)])
+    assert (out / "correspondence.png").stat().st_size > 1000
+    data = json.loads((out / "correspondence.json").read_text())
+    # resnet18 at 32 px: relu 16x16, layer1 8x8, layer2 4x4, layer3 2x2 (layer4 is 1x1, not a map).
+    assert data["layers"] == ["layer2", "layer3"] and list(data["rows"]) == ["part", "random"]
+    assert len(data["rows"]["part"]["layer3"]["delta"]) == 2 and data["num_images"] == 4
+    assert data["ckpt_path"] is None and data["model"]["model"] == "torchvision resnet18"
+    assert "layers: layer2 layer3 (the last two default layers" in capsys.readouterr().out
+
+
+def _folder_ckpt(folder):
+    """A checkpoint whose data module read an image folder (no part landmarks)."""
+    from zflight.module import ImageClassifier
+
+    module = ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64)
+    path = folder / "folder.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "datamodule_hyper_parameters": {"_class_path": "zflight.data.ImageFolderDataModule",
+                                                "root": "/data/imagenet", "image_size": 64}}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "which, words",
+    [
+        ("model", ("--model: correspondence needs part landmarks, which only the embedded shapes data set has "
+                   "(a --ckpt_path trained on it); for resnet18, give image files with --images and --points X,Y")),
+        ("folder_ckpt", ("--ckpt_path: the checkpoint was trained on /data/imagenet, whose images have no part "
+                         "landmarks; give image files with --images and --points X,Y")),
+        ("images", "--points: give the part's center X,Y in each of the 4 --images"),
+        ("wrong_name", "--model: 'resnet19' is not a torchvision classification model; did you mean"),
+    ],
+)
+def test_without_landmarks_one_line_naming_the_option(resnet18_file, photos, tmp_path, capsys, which, words):
+    work = tmp_path / "work"
+    work.mkdir()
+    options = model_options(resnet18_file["state_dict"])
+    argv = {
+        "model": options,
+        "folder_ckpt": ["--ckpt_path", str(_folder_ckpt(tmp_path))],
+        "images": [*options, "--images", str(photos["classes"])],
+        "wrong_name": ["--model", "resnet19", "--images", str(photos["classes"]), "--points", "1,1", "2,2"],
+    }[which]
+    with pytest.raises(SystemExit) as exc:
+        correspondence_main([*argv, "--out", str(work / "c")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert list(work.iterdir()) == []
