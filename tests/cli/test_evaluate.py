@@ -163,7 +163,8 @@ def test_any_model_without_masks_skips_localization_and_uses_the_predicted_class
     _run_any(resnet18_file, out, "--images", str(photos["flat"]), classes=False)
     data = json.loads((out / "scores.json").read_text())
     assert data["metrics"] == ["deletion_auc", "insertion_auc"] and data["localization_skipped"] is True
-    assert data["accuracy"] is None and data["target"].startswith("the predicted class (the images have no classes")
+    assert data["accuracy"] is None and data["target"] == "the predicted class"
+    assert data["target_why"] == "the images have no classes (a flat folder): the predicted class is used"
     assert list(data["scores"]["saliency"]) == ["deletion_auc", "insertion_auc"]
     printed = capsys.readouterr().out
     assert ("localization scores skipped (pointing_game, relevance_mass, relevance_rank): the images have no "

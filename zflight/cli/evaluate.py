@@ -208,7 +208,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         accuracy: float | None = float(predicted.eq(targets).double().mean())
     else:
         targets = predicted
-        target_note = f"the predicted class ({why})"
+        target_note = "the predicted class"
         accuracy = None
         print(f"target: {why}", flush=True)
     try:
@@ -231,6 +231,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "num_images": n,
         "images": _images_line(args, n, len(dataset), target_note),
         "target": target_note,
+        "target_why": why or None,
         "accuracy": accuracy,
         "localization": localization,
         "localization_skipped": masks is None,
@@ -361,6 +362,8 @@ def _markdown(table: str, document: dict[str, Any], model: str) -> str:
         "",
         table,
     ]
+    if document["target_why"]:
+        lines += ["", f"Target: {document['target_why']}."]
     if document["localization_skipped"]:
         lines += ["", f"Localization scores skipped: {document['localization']}."]
     faith = [m for m in document["metrics"] if m in FAITHFULNESS]
