@@ -147,7 +147,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if args.num_images is not None:
         _check_counts(args, args.num_images)
     if args.masks is not None and args.images is None:
-        raise AnalysisError("--masks goes with --images (a checkpoint's embedded data set has its own exact masks)")
+        raise AnalysisError("--masks goes with --images: name the folder of the images the masks belong to "
+                            "(the embedded data set has its own exact masks)")
 
 
 def _check_counts(args: argparse.Namespace, n: int) -> tuple[int, int]:
