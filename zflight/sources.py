@@ -319,10 +319,18 @@ def _from_zflight(ckpt_path: str | os.PathLike) -> ModelSource:
         datamodule = rebuild_datamodule(data_hp, image_size)
     except (ImportError, AttributeError, TypeError, ValueError, OSError):
         datamodule = None
-    mean = tuple(getattr(datamodule, "mean", None) or IMAGENET_MEAN)
-    std = tuple(getattr(datamodule, "std", None) or IMAGENET_STD)
-    crop = int(getattr(datamodule, "crop_size", None) or image_size)
-    resize = int(getattr(datamodule, "resize", None) or crop)
+    # The data module when it can be rebuilt here; else its saved hyperparameters (an ImageNet
+    # run's folder or pack need not be on this machine to read its preprocessing).
+    def setting(name: str, default: Any) -> Any:
+        value = getattr(datamodule, name, None)
+        return value if value is not None else data_hp.get(name, default)
+
+    mean = tuple(setting("mean", IMAGENET_MEAN))
+    std = tuple(setting("std", IMAGENET_STD))
+    crop = int(setting("crop_size", image_size))
+    # A pack stores images at image_size (its resize); the folder module resizes to `resize`.
+    resize = int(setting("resize", data_hp.get("image_size", crop) if "crop_size" in data_hp else crop))
+    resize = max(resize, crop)
     classes = None
     with contextlib.suppress(OSError, RuntimeError, AttributeError, ValueError):
         names = getattr(datamodule, "classes", None)
@@ -541,7 +549,8 @@ def _finish(source: ModelSource, preprocess: Mapping[str, Any] | None) -> None:
             if "crop" in given and "resize" not in given and fields["resize"] < given["crop"]:
                 fields["resize"] = given["crop"]
             fields.update(given)
-            fields["origin"] = f"{fields['origin']}, with {', '.join(sorted(given))} given"
+            named = sorted("image_size" if k == "crop" else k for k in given)
+            fields["origin"] = f"{fields['origin']}, with {', '.join(named)} given"
             source.preprocess = Preprocess(**fields)
     probe = torch.zeros(1, 3, source.image_size, source.image_size)
     try:
