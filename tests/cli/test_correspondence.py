@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 
-from tests.any_model import model_options
 from zflight.cli.correspondence import main as correspondence_main
 
 
@@ -103,18 +102,24 @@ def test_cli_images_and_data_set_flags_do_not_mix(write_pngs, tiny_ckpt, tmp_pat
 
 
 # ----------------------------------------------------------------- any model, any images
-def test_any_model_with_images_and_points_uses_its_last_two_default_layers(resnet18_file, photos, tmp_path, capsys):
+def _resnet(resnet18_file):
+    """resnet18 (10 classes) from the state_dict of tests/conftest.py, read at 48 px."""
+    return ["--model", "resnet18", "--model_args", '{"num_classes": 10}', "--checkpoint", str(resnet18_file),
+            "--resize", "50", "--image_size", "48"]
+
+
+def test_any_model_with_images_and_points_uses_its_last_two_default_layers(resnet18_file, photo_folders, tmp_path,
+                                                                           capsys):
     out = tmp_path / "corr"
-    correspondence_main([*model_options(resnet18_file["state_dict"]), "--images", str(photos["classes"]),
-                         "--points", "10,10", "12,9", "20,20", "31,0", "--size", "6", "--repeats", "2",
+    correspondence_main([*_resnet(resnet18_file), "--images", str(photo_folders[1]),
+                         "--points", "10,10", "12,9", "20,20", "47,0", "--size", "8", "--repeats", "2",
                          "--out", str(out)])
     assert (out / "correspondence.png").stat().st_size > 1000
     data = json.loads((out / "correspondence.json").read_text())
-    # resnet18 at 32 px: relu 16x16, layer1 8x8, layer2 4x4, layer3 2x2 (layer4 is 1x1, not a map).
-    assert data["layers"] == ["layer2", "layer3"] and list(data["rows"]) == ["part", "random"]
-    assert len(data["rows"]["part"]["layer3"]["delta"]) == 2 and data["num_images"] == 4
+    assert data["layers"] == ["layer3", "layer4"] and list(data["rows"]) == ["part", "random"]
+    assert len(data["rows"]["part"]["layer4"]["delta"]) == 2 and data["num_images"] == 4
     assert data["ckpt_path"] is None and data["model"]["model"] == "torchvision resnet18"
-    assert "layers: layer2 layer3 (the last two default layers" in capsys.readouterr().out
+    assert "layers: layer3 layer4 (the last two default layers" in capsys.readouterr().out
 
 
 def _folder_ckpt(folder):
@@ -140,15 +145,16 @@ def _folder_ckpt(folder):
         ("wrong_name", "--model: 'resnet19' is not a torchvision classification model; did you mean"),
     ],
 )
-def test_without_landmarks_one_line_naming_the_option(resnet18_file, photos, tmp_path, capsys, which, words):
+def test_without_landmarks_one_line_naming_the_option(resnet18_file, photo_folders, tmp_path, capsys, which,
+                                                      words):
     work = tmp_path / "work"
     work.mkdir()
-    options = model_options(resnet18_file["state_dict"])
+    options = _resnet(resnet18_file)
     argv = {
         "model": options,
         "folder_ckpt": ["--ckpt_path", str(_folder_ckpt(tmp_path))],
-        "images": [*options, "--images", str(photos["classes"])],
-        "wrong_name": ["--model", "resnet19", "--images", str(photos["classes"]), "--points", "1,1", "2,2"],
+        "images": [*options, "--images", str(photo_folders[1])],
+        "wrong_name": ["--model", "resnet19", "--images", str(photo_folders[1]), "--points", "1,1", "2,2"],
     }[which]
     with pytest.raises(SystemExit) as exc:
         correspondence_main([*argv, "--out", str(work / "c")])
