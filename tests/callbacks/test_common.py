@@ -15,7 +15,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from zflight.callbacks import FeatureEvolution, FilterGrid, TopActivationPanels
+from zflight.callbacks import (
+    CallbackConfigError,
+    FeatureEvolution,
+    FilterGrid,
+    InvarianceFigures,
+    OcclusionFigures,
+    TopActivationPanels,
+)
 from zflight.data import ShapesDataModule
 from zflight.module import ImageClassifier
 
@@ -214,3 +221,35 @@ def test_two_ddp_processes_log_once_from_rank_zero(tmp_path):
     tags = set(acc.Tags()["images"])
     assert {"evolution/conv1", "evolution/conv3", "top4/conv2", "filters/conv1"} <= tags
     assert len(acc.Images("evolution/conv1")) == 1
+
+
+class _Steps(Callback):
+    """Counts training steps, to show that a failing setup comes before the first one."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_train_batch_end(self, *args) -> None:
+        self.steps += 1
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [
+        _evolution(layers=["conv1", "conv9"]),
+        TopActivationPanels(layers=["conv9"]),
+        FilterGrid("conv9"),
+        InvarianceFigures(layers=["norm1", "conv9"]),
+        OcclusionFigures(layer="conv9"),
+    ],
+    ids=lambda cb: type(cb).__name__,
+)
+def test_a_layer_the_network_lacks_fails_at_setup_in_one_line_naming_callback_and_layer(callback, tmp_path):
+    steps = _Steps()
+    trainer = _trainer(tmp_path, 1, [steps, callback])
+    with pytest.raises(CallbackConfigError) as info:
+        trainer.fit(_module(), datamodule=_data())
+    message = str(info.value)
+    assert message.startswith(f"{type(callback).__name__}: layer='conv9' is not a module of ZFNet")
+    assert "\n" not in message
+    assert steps.steps == 0

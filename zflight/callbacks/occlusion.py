@@ -24,7 +24,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from zflight.callbacks._common import _check_int
+from zflight.callbacks._common import (
+    CallbackConfigError,
+    _check_int,
+    _check_model_layers,
+)
 
 __all__ = ["OcclusionFigures"]
 
@@ -48,7 +52,9 @@ class OcclusionFigures(Callback):
         batch_size: occluded images per forward pass.
 
     Raises:
-        ValueError: a bad argument (the message names it).
+        ValueError: a bad argument (the message names it); at setup
+            (:class:`~zflight.callbacks.CallbackConfigError`), a ``layer`` the network lacks or
+            ``indices`` outside the validation set.
 
     Example:
         >>> trainer = Trainer(callbacks=[OcclusionFigures(every_n_epochs=5, indices=[0, 1])])  # doctest: +SKIP
@@ -86,6 +92,22 @@ class OcclusionFigures(Callback):
         self.fill = float(fill)
         self.batch_size = batch_size
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Check now what would otherwise fail at the first drawing epoch (epoch 10, say).
+        if self.layer is not None:
+            _check_model_layers(self, getattr(pl_module, "model", pl_module), [self.layer])
+        dm = getattr(trainer, "datamodule", None)
+        dataset = getattr(dm, "val_dataset", None) if dm is not None else None
+        if dataset is not None:  # set up by now; plain dataloaders are checked when first drawn
+            self._check_indices(dataset)
+
+    def _check_indices(self, dataset: Any) -> None:
+        bad = [i for i in self.indices if i >= len(dataset)]
+        if bad:
+            raise CallbackConfigError(
+                f"OcclusionFigures: indices {bad} are outside the validation set (it has {len(dataset)} images)"
+            )
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
@@ -104,11 +126,7 @@ class OcclusionFigures(Callback):
         from zflight.figures import figure_to_tensor, occlusion_figure, save_figure
 
         dataset = _validation_dataset(trainer)
-        bad = [i for i in self.indices if i >= len(dataset)]
-        if bad:
-            raise ValueError(
-                f"indices {bad} are outside the validation set (it has {len(dataset)} images)"
-            )
+        self._check_indices(dataset)
         items = [dataset[i] for i in self.indices]
         images = torch.stack([x for x, *_ in items]).to(pl_module.device)
         targets = [int(y) for _, y, *_ in items]

@@ -13,7 +13,7 @@ from zflight.data.datamodules import (
 )
 # pack() and verify() stay in zflight.data.pack: exported here they would hide that module.
 from zflight.data.pack import PackVerificationError
-from zflight.data.packed import PackedBatch, PackedImageNetDataModule, crop_flip_normalize
+from zflight.data.packed import PackedBatch, PackedImageNetDataModule, PackedImages, crop_flip_normalize
 from zflight.data.shapes import CLASSES as SHAPES_CLASSES
 from zflight.data.shapes import ShapesDataset
 
@@ -27,6 +27,7 @@ __all__ = [
     "PackVerificationError",
     "PackedBatch",
     "PackedImageNetDataModule",
+    "PackedImages",
     "ResumableLoader",
     "ResumableSampler",
     "SeededSamples",
