@@ -59,6 +59,7 @@ from zflight.data import (
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
 from zflight.sources import ImageFiles, ModelSource, Preprocess, image_folder, load_model
 from zflight.module import ImageClassifier
+from zflight.report import build_report
 
 __version__ = "0.1.0"
 
@@ -125,4 +126,6 @@ __all__ = [
     "Dissection",
     "unit_examples",
     "UnitExamples",
+    # the unit explorer
+    "build_report",
 ]

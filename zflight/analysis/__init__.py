@@ -51,6 +51,7 @@ from zflight.analysis.evaluation import (
     relevance_rank,
 )
 from zflight.analysis.explanations import METRICS, ScoreTable, score_methods
+from zflight.analysis.histograms import ActivationHistograms, HistogramRecorder
 from zflight.analysis.invariance import InvarianceCurves, invariance_curves
 from zflight.analysis.occlusion import occlusion_analysis
 from zflight.analysis.receptive_field import ReceptiveField, receptive_field
@@ -66,6 +67,8 @@ __all__ = [
     "TopActivations",
     "top_activations",
     "top_activation_crops",
+    "ActivationHistograms",
+    "HistogramRecorder",
     "ReceptiveField",
     "receptive_field",
     "InvarianceCurves",
