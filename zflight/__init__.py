@@ -49,6 +49,7 @@ from zflight.callbacks import (
     UnitLabels,
 )
 from zflight.data import (
+    BrodenDataset,
     ConceptFolder,
     ImageFolderDataModule,
     PackedImageNetDataModule,
@@ -66,6 +67,7 @@ __all__ = [
     # data
     "ShapesDataset",
     "ConceptFolder",
+    "BrodenDataset",
     "ShapesDataModule",
     "ImageFolderDataModule",
     "PackedImageNetDataModule",

@@ -54,13 +54,13 @@ from zflight.analysis.explanations import METRICS, ScoreTable, score_methods
 from zflight.analysis.histograms import ActivationHistograms, HistogramRecorder
 from zflight.analysis.invariance import InvarianceCurves, invariance_curves
 from zflight.analysis.occlusion import occlusion_analysis
+from zflight.analysis.receptive_field import ReceptiveField, receptive_field
 from zflight.analysis.sanity import (
     ClassSensitivity,
     RandomizationResult,
     class_sensitivity,
     model_randomization,
 )
-from zflight.analysis.receptive_field import ReceptiveField, receptive_field
 from zflight.analysis.topk import TopActivations, top_activation_crops, top_activations
 
 __all__ = [
