@@ -51,3 +51,37 @@ def write_pngs():
         return paths
 
     return write
+
+
+@pytest.fixture(scope="session")
+def resnet18_file(tmp_path_factory):
+    """A torchvision resnet18 (10 classes, seed 0) saved as a plain ``state_dict``; its path."""
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def photo_folders(tmp_path_factory):
+    """``(classes, flat)``: folders of PNG and JPEG photos (noise with a disc), 3 classes x 3, and 4 flat."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+
+    def write(path: Path, k: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(rng.integers(0, 120, (50, 60, 3), dtype=np.uint8))
+        ImageDraw.Draw(img).ellipse((10 + 3 * k, 8, 40 + 3 * k, 38), fill=(220, 200 - 20 * k, 40))
+        img.save(path, quality=90)
+
+    for c, name in enumerate(["apple", "bicycle", "cloud"]):
+        for k in range(3):
+            write(root / "classes" / name / f"{name}{k}.{'png' if k % 2 else 'jpg'}", c + k)
+    for k in range(4):
+        write(root / "flat" / f"photo{k}.{'png' if k % 2 else 'jpeg'}", k)
+    return root / "classes", root / "flat"

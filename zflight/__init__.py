@@ -56,6 +56,7 @@ from zflight.data import (
     ShapesDataset,
 )
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
+from zflight.sources import ImageFiles, ModelSource, Preprocess, image_folder, load_model
 from zflight.module import ImageClassifier
 
 __version__ = "0.1.0"
@@ -73,6 +74,12 @@ __all__ = [
     "alexnet_zf",
     "build_model",
     "renormalize_filters",
+    # any model, any images
+    "load_model",
+    "ModelSource",
+    "Preprocess",
+    "image_folder",
+    "ImageFiles",
     # training
     "ImageClassifier",
     "load_classifier",

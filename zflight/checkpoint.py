@@ -21,7 +21,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_classifier", "read_checkpoint", "rebuild_datamodule", "open_checkpoint", "check_state_dict"]
+__all__ = [
+    "load_classifier", "read_checkpoint", "rebuild_datamodule", "open_checkpoint", "load_torch_file",
+    "check_state_dict",
+]
 
 
 def load_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -109,32 +112,70 @@ def open_checkpoint(
         >>> sorted(ckpt)[:3]  # doctest: +SKIP
         ['callbacks', 'datamodule_hyper_parameters', 'epoch']
     """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    ckpt = load_torch_file(path, map_location, mmap=mmap)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a zflight checkpoint (no state_dict)")
+    return ckpt
+
+
+def load_torch_file(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> Any:
+    """``torch.load(path, weights_only=True)``, with every failure as one line naming the file.
+
+    Whatever the file holds (text, random bytes, nothing, another zip, half a checkpoint),
+    ``torch.load`` may raise almost anything from its unpickler (``KeyError: 101`` for a text
+    file holding ``hello``, ``IndexError: pop from empty list`` for a longer one); none of that
+    reaches the user as a traceback.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: ``<path> <what is wrong>``: truncated or corrupt, not a torch file, pickled
+            Python objects that weights-only loading refuses to run, or unreadable.
+
+    Example:
+        >>> load_torch_file("notes.txt")  # doctest: +SKIP
+        ValueError: notes.txt is not a torch checkpoint file
+    """
     import pickle
+    import warnings
     import zipfile
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty, not a checkpoint")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
-        # torch's message is a paragraph on weights_only; the user needs the one fact.
-        raise ValueError(
-            f"{path} holds pickled Python objects that weights_only loading refuses to run "
-            "(not a checkpoint written by zflight, or written with custom objects)"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        with warnings.catch_warnings():
+            # On random bytes torch warns about the "pickle protocol" it thinks it sees.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "unsupported global" in text.lower():
+            # torch's message is a paragraph on weights_only; the user needs the one fact.
+            raise ValueError(
+                f"{path} holds pickled Python objects that weights_only loading refuses to run "
+                "(not a checkpoint written by zflight, or written with custom objects)"
+            ) from None
+        raise ValueError(f"{path} is not a torch checkpoint file (nor one weights-only loading can read)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
         text = str(err)
         if "central directory" in text or isinstance(err, EOFError) or "truncated" in text.lower():
             reason = "is truncated or corrupt (cannot read its zip archive)"
         elif "_use_new_zipfile_serialization" in text or "invalid load key" in text:
             reason = "is not a torch checkpoint file"
+        elif "inline_container" in text or "archive" in text:
+            reason = "is a zip archive, but not a torch checkpoint"
         else:
-            reason = f"cannot be read as a checkpoint ({type(err).__name__}: {text.splitlines()[0][:120]})"
+            reason = f"cannot be read as a checkpoint ({type(err).__name__}: {text.splitlines()[0][:120] if text else ''})"
         raise ValueError(f"{path} {reason}") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ValueError(f"{path} is not a zflight checkpoint (no state_dict)")
-    return ckpt
+    except Exception:  # the unpickler on arbitrary bytes: KeyError, IndexError, ValueError, ...
+        raise ValueError(f"{path} is not a torch checkpoint file") from None
 
 
 def check_state_dict(state_dict: dict[str, Any], module: torch.nn.Module, path: str | os.PathLike) -> None:

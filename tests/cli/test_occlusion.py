@@ -3,6 +3,8 @@ the occlusion figure, CLI, callback and object-box check."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -100,3 +102,44 @@ def test_cli_missing_checkpoint_and_existing_out(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--ckpt_path", str(checkpoint), "--out", str(tmp_path / "o")])
     assert "--out" in capsys.readouterr().err
+
+
+def test_cli_on_a_torchvision_model_and_a_class_folder_uses_the_predicted_class(resnet18_file, photo_folders,
+                                                                                 tmp_path, capsys):
+    from zflight.cli.occlusion import main
+
+    out = tmp_path / "occ_tv"
+    doc = main(["--model", "resnet18", "--model_args", '{"num_classes": 10}', "--checkpoint", str(resnet18_file),
+                "--images", str(photo_folders[0]), "--image_size", "32", "--resize", "36",
+                "--indices", "0", "4", "--size", "16", "--stride", "8", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "do not index the model's classes" in printed and "predicted class is used" in doc["targets"]
+    assert [Path(r["file"]).name for r in doc["images"]] == ["apple0.jpg", "bicycle1.png"]
+    assert doc["model"]["weights"] == f"file {resnet18_file}"
+    assert sorted(p.name for p in out.iterdir()) == ["occlusion.json", "occlusion.png", "occlusion_0_apple0.png",
+                                                    "occlusion_1_bicycle1.png"]
+
+
+def test_cli_needs_a_classifier(photo_folders, tmp_path, capsys):
+    from zflight.cli.occlusion import main
+
+    model = tmp_path / "feat.py"
+    model.write_text("import torchvision\n\ndef backbone():\n"
+                     "    m = torchvision.models.resnet18()\n    return torch_nn_seq(m)\n\n"
+                     "def torch_nn_seq(m):\n    import torch.nn as nn\n"
+                     "    return nn.Sequential(m.conv1, m.bn1, m.relu, m.layer1)\n")
+    import os
+    import sys
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(SystemExit):
+            main(["--model", "feat:backbone", "--images", str(photo_folders[1]), "--image_size", "32",
+                  "--out", str(tmp_path / "o")])
+    finally:
+        os.chdir(cwd)
+        sys.modules.pop("feat", None)
+    err = capsys.readouterr().err
+    assert "needs a classifier" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -123,3 +123,114 @@ def test_missing_checkpoint_is_named(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--config", str(config), "--ckpt_path", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")])
     assert "nope.ckpt" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- any model, any images
+OWN_NET = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, width=4):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(width, 8, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return {"logits": self.fc(self.features(x).mean((2, 3)))}
+"""
+
+
+@pytest.fixture
+def own_package(tmp_path, monkeypatch):
+    (tmp_path / "ownnets").mkdir()
+    (tmp_path / "ownnets" / "__init__.py").write_text("")
+    (tmp_path / "ownnets" / "small.py").write_text(OWN_NET)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    yield
+    for name in [m for m in __import__("sys").modules if m.startswith("ownnets")]:
+        __import__("sys").modules.pop(name)
+
+
+@pytest.mark.parametrize(
+    ("model", "layer"),
+    [
+        (["--model", "resnet18", "--model_args", '{"num_classes": 10}', "--checkpoint", "RESNET"], "layer3"),
+        (["--model", "mobilenet_v3_small", "--checkpoint", "MOBILENET"], "features.3"),
+        (["--model", "ownnets.small:Net", "--model_args", '{"width": 6}'], None),
+        (["--model", "timm:resnet18"], "layer2"),
+        (["--model", "timm:convnext_atto"], "stages.1"),
+    ],
+)
+@pytest.mark.parametrize("layout", ["classes", "flat"])
+def test_every_model_source_on_a_photo_folder(model, layer, layout, own_package, resnet18_file, photo_folders,
+                                              tmp_path, capsys):
+    if model[1].startswith("timm:"):
+        pytest.importorskip("timm")
+    if "MOBILENET" in model:
+        import torchvision
+
+        torch.save({"state_dict": torchvision.models.mobilenet_v3_small().state_dict()}, tmp_path / "mb.pt")
+    model = [{"RESNET": str(resnet18_file), "MOBILENET": str(tmp_path / "mb.pt")}.get(a, a) for a in model]
+    folder = photo_folders[0] if layout == "classes" else photo_folders[1]
+    out = tmp_path / "panels"
+    layers = ["--layers", layer] if layer else []
+    main([*model, "--images", str(folder), "--image_size", "32", "--resize", "32", *layers, "--maps", "2",
+          "--k", "2", "--tile", "8", "--out", str(out)])
+    doc = json.loads((out / "top_activations.json").read_text())
+    expected = [layer] if layer else ["features.1", "features.4"]  # own net: the stage rule
+    assert list(doc["layers"]) == expected and doc["images"] == (9 if layout == "classes" else 4)
+    assert (out / f"top2_{expected[-1]}.png").is_file()
+    printed = capsys.readouterr().out
+    assert "preprocessing: shorter side 32, centre crop 32" in printed
+
+
+def test_own_model_output_dict_is_said(own_package, photo_folders, tmp_path, capsys):
+    main(["--model", "ownnets.small:Net", "--images", str(photo_folders[1]), "--image_size", "32", "--maps", "1",
+          "--k", "1", "--tile", "8", "--out", str(tmp_path / "o")])
+    assert "read through its 'logits'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("problem", ["empty", "corrupt", "both"])
+def test_bad_image_folders_are_one_line_and_write_nothing(problem, resnet18_file, photo_folders, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "imgs"
+    if problem == "empty":
+        folder.mkdir()
+    elif problem == "corrupt":
+        shutil.copytree(photo_folders[1], folder)
+        (folder / "photo9.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    else:
+        shutil.copytree(photo_folders[0], folder)
+        shutil.copy(photo_folders[1] / "photo0.jpeg", folder)
+    with pytest.raises(SystemExit) as info:
+        main(["--model", "resnet18", "--model_args", '{"num_classes": 10}', "--checkpoint", str(resnet18_file),
+              "--images", str(folder), "--image_size", "32", "--layers", "layer1", "--out", str(tmp_path / "o")])
+    # The error is one line (a progress bar may precede it on stderr).
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    err = errors[-1].split("\r")[-1].strip() if errors else ""
+    assert info.value.code == 2 and len(errors) == 1 and "error: --images" in err, errors
+    assert {"empty": "holds no image files", "corrupt": "photo9.jpg", "both": "use one layout"}[problem] in err
+    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
+
+
+def test_a_backbone_that_is_not_a_classifier_gets_its_panels(photo_folders, tmp_path, monkeypatch, capsys):
+    # A detection-style backbone: torchvision's IntermediateLayerGetter returns a dict of maps.
+    (tmp_path / "backbones.py").write_text(
+        "import torchvision\nfrom torchvision.models._utils import IntermediateLayerGetter\n\n"
+        "def resnet_body():\n"
+        "    return IntermediateLayerGetter(torchvision.models.resnet18(), {'layer2': 'c3', 'layer3': 'c4'})\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(sys.path))
+    try:
+        main(["--model", "backbones:resnet_body", "--images", str(photo_folders[1]), "--image_size", "32",
+              "--maps", "2", "--k", "2", "--tile", "8", "--out", str(tmp_path / "o")])
+    finally:
+        sys.modules.pop("backbones", None)
+    printed = capsys.readouterr().out
+    assert "not a classifier (output of 128 channels); its forward returns a dict: read through its first tensor 'c3'" in printed
+    doc = json.loads((tmp_path / "o" / "top_activations.json").read_text())
+    assert list(doc["layers"]) == ["relu", "layer1", "layer2", "layer3"]

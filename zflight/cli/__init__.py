@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dissect": ("zflight.cli.dissect", "Network Dissection: label each unit with the concept it detects (object, colour, part)"),
     "evaluate": ("zflight.cli.evaluate", "score attribution maps against the objects' masks (pointing game, deletion, sanity)"),
     "report": ("zflight.cli.report", "a unit explorer: one static folder (index.html) with every unit's top-9, label, evolution"),
+    "layers": ("zflight.cli.layers", "list a model's modules with their type and output shape (the names --layers takes)"),
     "pack": ("zflight.cli.pack", "pack an ImageNet-style folder into memory-mappable arrays"),
 }
 

@@ -56,6 +56,12 @@ __all__ = [
     "load_image_files",
     "class_indices",
     "safe_name",
+    "source_arguments",
+    "load_sources",
+    "join_process_group",
+    "process_rank",
+    "default_device",
+    "layers_or_default",
 ]
 
 
@@ -119,11 +125,22 @@ def run_cli(
     Example:
         >>> run_cli(parser, ["--out", "x"], lambda args: None)  # doctest: +SKIP
     """
+    from zflight.data.datamodules import UnreadableImageError
+
     args = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
+    joined = join_process_group()
     try:
         return body(args)
-    except catch as err:
-        parser.error(_as_option(parser, str(err).strip() or type(err).__name__))
+    except (*catch, UnreadableImageError) as err:
+        message = _as_option(parser, str(err).strip() or type(err).__name__)
+        if isinstance(err, UnreadableImageError) and not message.startswith("--"):
+            message = f"--images: {message}"
+        parser.error(message)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def _as_option(parser: argparse.ArgumentParser, message: str) -> str:
@@ -150,6 +167,8 @@ def check_out(out: str | os.PathLike, overwrite: bool) -> Path:
         AnalysisError: ``out`` exists and is not a folder, or exists and ``overwrite`` is false.
     """
     out = Path(out)
+    if process_rank() != 0:
+        return out  # rank 0 checks and writes --out (see output_dir)
     if out.exists() and not out.is_dir():
         raise AnalysisError(f"--out: {out} exists and is not a folder")
     if out.exists() and not overwrite:
@@ -176,6 +195,17 @@ def output_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
         >>> with output_dir("out/invariance") as tmp:  # doctest: +SKIP
         ...     (tmp / "a.json").write_text("{}")
     """
+    if process_rank() != 0:
+        # Under torchrun every rank runs the analysis (its collectives need them all); rank 0
+        # alone writes --out, the others draw into a scratch folder that is then removed.
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="zflight-rank"))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     out = check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_dir(out, "partial")
@@ -191,6 +221,51 @@ def output_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def join_process_group() -> bool:
+    """Join the process group that ``torchrun`` (or SLURM through it) set up; ``True`` if joined here.
+
+    ``torchrun --nproc_per_node N -m zflight visualize|dissect|report ...`` starts one process
+    per GPU with ``RANK``, ``WORLD_SIZE`` and ``MASTER_ADDR`` in the environment. Each process
+    joins one group (NCCL with a GPU each, gloo on CPUs), and the analyses that stream over a data
+    set (:func:`~zflight.analysis.top_activations`, :func:`~zflight.analysis.dissect`) then give
+    each rank its shard of the images and merge exactly; rank 0 alone writes ``--out``.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    use_cuda = torch.cuda.is_available() and os.environ.get("ZFLIGHT_DIST_BACKEND", "") != "gloo"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return True
+
+
+def process_rank() -> int:
+    """This process's rank in the joined process group (0 without one)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def default_device(device: str | None) -> torch.device:
+    """``--device``, else this rank's GPU under torchrun, else ``cuda`` if there is one, else the CPU.
+
+    Raises:
+        AnalysisError: a device torch does not know (the message names ``--device``).
+    """
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise AnalysisError(f"--device: {err}") from None
 
 
 def _fresh_dir(out: Path, kind: str) -> Path:
@@ -462,3 +537,128 @@ def class_indices(
 def safe_name(stem: str) -> str:
     """``stem`` with anything but letters, digits, ``-`` and ``_`` replaced, at most 40 characters."""
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:40] or "image"
+
+
+# ---------------------------------------------------------------------- any model, any images
+def source_arguments(parser: argparse.ArgumentParser, *, images: str | None = "folder",
+                     ckpt_help: str | None = None) -> None:
+    """Add the options that name a model (exactly one of ``--ckpt_path``, ``--model``) and images.
+
+    Model: ``--ckpt_path`` (a zflight checkpoint) or ``--model`` (a torchvision name,
+    ``timm:NAME`` or ``package.module:attr``) with ``--weights``, ``--checkpoint`` and
+    ``--model_args``. Images (unless ``images`` is ``None``): ``--images`` (a folder; with
+    ``images="files"`` also image files), and the preprocessing options ``--resize``,
+    ``--image_size``, ``--mean``, ``--std``, plus ``--classes``. See :func:`load_sources`.
+    """
+    group = parser.add_argument_group("the model (exactly one of --ckpt_path and --model)")
+    which = group.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ckpt_path", help=ckpt_help or "a checkpoint written by `python -m zflight fit`")
+    which.add_argument("--model", help="a torchvision model name (resnet18), timm:NAME, or package.module:attr "
+                                       "(a class or function of your code)")
+    group.add_argument("--weights", default=None,
+                       help="torchvision: DEFAULT, IMAGENET1K_V1 or ResNet50_Weights.IMAGENET1K_V1; timm: "
+                            "pretrained (default: random weights, or --checkpoint's)")
+    group.add_argument("--checkpoint", default=None,
+                       help="weights for --model: a state_dict, {'state_dict': ...}, a Lightning .ckpt or "
+                            "a .safetensors file (read without running pickled code)")
+    group.add_argument("--model_args", default=None,
+                       help="keyword arguments for --model's builder, as a JSON object: '{\"num_classes\": 10}'")
+    group.add_argument("--classes", default=None,
+                       help="a file of class names, one per line, in the model's output order")
+    if images is None:
+        return
+    pics = parser.add_argument_group("the images (default: those of --ckpt_path's data set)")
+    if images == "files":
+        pics.add_argument("--images", nargs="+", default=None,
+                          help="a folder of images (class subfolders or flat) or image files")
+    else:
+        pics.add_argument("--images", default=None,
+                          help="a folder of jpg/png/webp/bmp/tif images: class subfolders (labels) or flat")
+    pics.add_argument("--resize", type=int, default=None,
+                      help="shorter side in pixels (default: the weights', the checkpoint's, or 256)")
+    pics.add_argument("--image_size", type=int, default=None,
+                      help="centre crop in pixels (default: the weights', the checkpoint's, or 224)")
+    pics.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                      help="normalization mean (default: the weights', the checkpoint's, or ImageNet's)")
+    pics.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                      help="normalization std (default: the weights', the checkpoint's, or ImageNet's)")
+
+
+def load_sources(args: argparse.Namespace, *, split: str = "val", images: bool = True,
+                 quiet: bool = False) -> tuple[Any, Any, str]:
+    """The model and images that :func:`source_arguments`' options name.
+
+    Returns:
+        ``(ModelSource, dataset or None, a line saying where the images come from)``. The
+        dataset is ``--images`` (a folder, read lazily through the model's preprocessing), else
+        the data set of ``--ckpt_path``'s checkpoint (``split``); ``None`` when ``images`` is
+        false.
+
+    Raises:
+        AnalysisError: one line naming the option (a bad model, weights file, image folder...).
+    """
+    from zflight.sources import default_dataset, image_files, load_model
+
+    preprocess = {"resize": getattr(args, "resize", None), "crop": getattr(args, "image_size", None),
+                  "mean": getattr(args, "mean", None), "std": getattr(args, "std", None)}
+    try:
+        source = load_model(args.model, ckpt_path=args.ckpt_path, weights=args.weights,
+                            checkpoint=args.checkpoint, model_args=args.model_args, classes=args.classes,
+                            preprocess=preprocess)
+    except (ValueError, FileNotFoundError) as err:
+        raise AnalysisError(_flag_of(str(err))) from None
+    dataset, line = None, ""
+    if images:
+        given = getattr(args, "images", None)
+        try:
+            if given:
+                paths = [given] if isinstance(given, str) else list(given)
+                dataset = image_files(paths, source.preprocess)
+                line = f"{len(dataset)} images from {', '.join(paths)}" + (
+                    f" ({len(dataset.classes)} classes)" if dataset.classes else " (no classes)")
+                dataset[0]  # an unreadable first file fails now, before any work
+            else:
+                dataset = default_dataset(source, split)
+                line = f"the {split} split of the checkpoint's data ({len(dataset)} images)"
+        except (ValueError, FileNotFoundError) as err:
+            raise AnalysisError(_flag_of(str(err))) from None
+    if not quiet and process_rank() == 0:
+        for key, value in source.facts().items():
+            print(f"{key}: {value}", flush=True)
+        if line:
+            print(f"images: {line}", flush=True)
+    return source, dataset, line
+
+
+def layers_or_default(given: Sequence[str] | None, source: Any, *, quiet: bool = False) -> list[str]:
+    """``--layers``, checked against the model (close names, and how to list them), or the default rule.
+
+    Raises:
+        AnalysisError: an unknown or ambiguous layer; no default layer found.
+    """
+    from zflight.attribution import resolve_layer
+
+    layers = list(given) if given else list(source.default_layers)
+    if not layers:
+        raise AnalysisError(f"--layers: no layer of {source.name} outputs feature maps; name them with --layers")
+    for name in layers:
+        try:
+            resolve_layer(source.model, name)
+        except ValueError as err:
+            how = (f"python -m zflight layers --model {source.name}" if source.kind != "zflight"
+                   else f"python -m zflight layers --ckpt_path {source.name}")
+            raise AnalysisError(f"--layers: {err}; list them with: {how}") from None
+    if len(set(layers)) != len(layers):
+        raise AnalysisError(f"--layers: a layer is named twice: {' '.join(layers)}")
+    if not given and not quiet and process_rank() == 0:
+        print(f"layers: {' '.join(layers)} (the default: each resolution stage's output; name others with --layers)",
+              flush=True)
+    return layers
+
+
+def _flag_of(message: str) -> str:
+    """``model: ...`` (the Python argument of :mod:`zflight.sources`) -> ``--model: ...``."""
+    if re.match(r"(model_args|model|weights|checkpoint|ckpt_path|classes|images|resize|image_size|mean|std)\b",
+                message):
+        return "--" + message
+    return message

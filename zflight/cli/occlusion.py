@@ -30,18 +30,19 @@ from typing import Any
 import torch
 
 from zflight.cli._common import (
-    ArgumentParser,
-    subcommand_parser,
     AnalysisError,
+    ArgumentParser,
     check_out,
     class_indices,
-    data_classes,
-    display_images,
-    load_image_files,
+    default_device,
+    load_sources,
     output_dir,
     read_ckpt,
     rebuild_data,
     run_cli,
+    safe_name,
+    source_arguments,
+    subcommand_parser,
     write_json,
 )
 from zflight.figures import save_figure
@@ -98,20 +99,23 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 def _parser() -> ArgumentParser:
     p = subcommand_parser(
         "occlusion",
-        "Occlusion sensitivity (Zeiler & Fergus Fig. 7): PNG figures + JSON numbers.",
+        "Occlusion sensitivity (Zeiler & Fergus Fig. 7): PNG figures + JSON numbers, for a zflight "
+        "checkpoint or any classifier (--model) on its data set or your images (--images).",
     )
-    p.add_argument("--ckpt_path", required=True, help="checkpoint written by `python -m zflight fit`")
+    source_arguments(p, images="files")
     p.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--indices", type=int, nargs="+", help="validation images by index (default: 0 1 2 3)")
-    src.add_argument("--images", nargs="+", help="image files instead of data set images")
-    p.add_argument("--targets", nargs="+", help="class (name or number) per --images file; default: predicted")
+    p.add_argument("--indices", type=int, nargs="+",
+                   help="images by index in the data set or --images folder (default: 0 1 2 3; all given files)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="split of the checkpoint's data set the images come from (default: val)")
+    p.add_argument("--targets", nargs="+", help="class (name or number) per image; default: its label when the "
+                                                "labels are the model's classes, else the predicted class")
     p.add_argument("--size", type=int, help="side of the gray square in pixels (default: image size / 4)")
     p.add_argument("--stride", type=int, help="step between square positions (default: size / 4)")
     p.add_argument("--layer", help="layer whose strongest feature map is tracked (default: last conv, rectified)")
     p.add_argument("--fill", type=float, default=0.0, help="square value in normalized input space (0 = data mean)")
     p.add_argument("--batch_size", type=int, default=64, help="occluded images per forward pass")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return p
 
@@ -121,21 +125,20 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     from zflight.figures.occlusion import occlusion_figure
 
     out = check_out(args.out, args.overwrite)
-    if args.targets is not None and args.images is None:
-        raise AnalysisError("--targets goes with --images (data set images use their true labels)")
-    module, datamodule = load_checkpoint(args.ckpt_path, args.device)
-    model = module.model
-    image_size = int(module.hparams.get("image_size", 64))
-    class_names = data_classes(datamodule)
-
-    if args.images is not None:
-        images, display, names = load_image_files(args.images, datamodule, image_size)
-        targets = _file_targets(args.targets, len(args.images), class_names)
-        sources = [{"file": str(Path(f))} for f in args.images]
-    else:
-        indices = args.indices if args.indices is not None else [0, 1, 2, 3]
-        images, display, targets, names = _load_indices(indices, datamodule)
-        sources = [{"index": i} for i in indices]
+    device = default_device(args.device)
+    source, dataset, _ = load_sources(args, split=args.split)
+    if not source.is_classifier:
+        raise AnalysisError(f"--model: occlusion maps the probability of a class, so it needs a classifier; "
+                            f"{source.name} outputs {source.num_outputs}-channel feature maps")
+    model = source.model.to(device)
+    class_names = source.classes
+    files = [str(f) for f in args.images] if args.images and not Path(args.images[0]).is_dir() else None
+    indices = args.indices if args.indices is not None else (
+        list(range(len(dataset))) if files else list(range(min(4, len(dataset)))))
+    images, display, labels, names, sources = _pick(dataset, indices, files)
+    targets, note = _targets(args.targets, labels, dataset, source, len(indices))
+    if note:
+        print(f"occlusion: {note}", flush=True)
 
     h, w = images.shape[-2:]
     size, stride = default_geometry(h, w)
@@ -143,25 +146,27 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     stride = args.stride if args.stride is not None else stride
     # A ValueError names its argument (size=, layer=); run_cli shows it as the option.
     maps, projections = occlusion_analysis(
-        model, images.to(args.device), targets, size=size, stride=stride, layer=args.layer,
+        model, images.to(device), targets, size=size, stride=stride, layer=args.layer,
         fill=args.fill, batch_size=args.batch_size, progress=True,
     )
 
     document = {
-        "checkpoint": str(Path(args.ckpt_path)),
+        "checkpoint": str(Path(args.ckpt_path)) if args.ckpt_path else None,
+        "model": source.facts(),
         "layer": maps.layer,
         "size": size,
         "stride": stride,
         "fill": args.fill,
         "image_size": list(maps.image_size),
         "class_names": class_names,
+        "targets": "given (--targets)" if args.targets else (note or "the images' labels"),
         "images": [
             occlusion_record(maps, i, class_names=class_names, **sources[i], png=f"occlusion_{names[i]}.png")
             for i in range(len(names))
         ],
     }
     with output_dir(out, overwrite=args.overwrite) as tmp:
-        titles = [f"val #{s['index']}" if "index" in s else Path(s["file"]).name for s in sources]
+        titles = [f"{args.split} #{s['index']}" if "index" in s else Path(s["file"]).name for s in sources]
         fig = occlusion_figure(display, maps.to("cpu"), projections.cpu(), class_names=class_names, titles=titles)
         save_figure(fig, tmp / "occlusion.png")
         for i, name in enumerate(names):
@@ -174,29 +179,37 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     return document
 
 
-def _load_indices(
-    indices: Sequence[int], datamodule: Any
-) -> tuple[torch.Tensor, torch.Tensor, list[int], list[str]]:
-    if datamodule is None:
-        raise AnalysisError("--indices: the checkpoint's data set cannot be rebuilt here; pass --images files")
-    try:
-        datamodule.setup("validate")
-    except (OSError, ValueError, RuntimeError) as err:
-        raise AnalysisError(f"--indices: cannot set up the checkpoint's data set: {err}") from None
-    ds = getattr(datamodule, "val_dataset", None)
-    if ds is None:
-        raise AnalysisError("--indices: the checkpoint's data module has no validation split")
-    bad = [i for i in indices if not 0 <= i < len(ds)]
+def _pick(dataset: Any, indices: Sequence[int], files: list[str] | None) -> tuple[Any, ...]:
+    """``(images, display images, labels, safe names, what each image is)`` of ``indices``."""
+    if not indices:
+        raise AnalysisError("--indices: give at least one image index")
+    bad = [i for i in indices if not 0 <= i < len(dataset)]
     if bad:
-        raise AnalysisError(f"--indices: {bad} outside the validation split (0..{len(ds) - 1})")
-    items = [ds[i] for i in indices]
+        raise AnalysisError(f"--indices: {bad[0]} is out of range for {len(dataset)} images (0..{len(dataset) - 1})")
+    items = [dataset[i] for i in indices]
     images = torch.stack([x for x, _ in items])
-    targets = [int(y) for _, y in items]
-    return images, display_images(images, datamodule, ds), targets, [f"val{i}" for i in indices]
+    labels = [int(y) for _, y in items]
+    display = dataset.denormalize(images) if hasattr(dataset, "denormalize") else images.clamp(0, 1)
+    if hasattr(dataset, "files"):
+        names = [f"{k}_{safe_name(Path(dataset.files[i]).stem)}" for k, i in enumerate(indices)]
+        sources = [{"file": str(dataset.files[i])} for i in indices]
+    else:
+        names = [f"val{i}" for i in indices]
+        sources = [{"index": i} for i in indices]
+    return images, display, labels, names, sources
 
 
-def _file_targets(targets: Sequence[str] | None, n: int, class_names: list[str] | None) -> list[int] | None:
-    return None if targets is None else class_indices(targets, n, class_names, "--targets")
+def _targets(given: Sequence[str] | None, labels: list[int], dataset: Any, source: Any,
+             n: int) -> tuple[list[int] | None, str]:
+    """The class each map is about: ``--targets``, the labels when they are the model's classes, or predicted."""
+    from zflight.sources import class_targets
+
+    if given is not None:
+        return class_indices(given, n, source.classes, "--targets"), ""
+    mapping, note = class_targets(dataset, source)
+    if mapping is None:
+        return None, note
+    return [mapping[y] for y in labels], ""
 
 
 def _print_summary(document: dict[str, Any], out: Path) -> None:

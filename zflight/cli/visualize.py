@@ -33,7 +33,20 @@ from typing import Any
 
 import torch
 
-from zflight.cli._common import ArgumentParser, subcommand_parser, AnalysisError, check_out, output_dir, read_ckpt, run_cli, write_json
+from zflight.cli._common import (
+    AnalysisError,
+    ArgumentParser,
+    check_out,
+    default_device,
+    layers_or_default,
+    load_sources,
+    output_dir,
+    run_cli,
+    safe_name,
+    source_arguments,
+    subcommand_parser,
+    write_json,
+)
 
 __all__ = ["main"]
 
@@ -64,17 +77,23 @@ def _parser() -> ArgumentParser:
         "Write the paper's Fig. 2 panels (top activations projected beside their image "
         "patches) for layers of a trained checkpoint, without training.",
     )
-    p.add_argument("--config", required=True, help="the config used to train (its data section is used)")
-    p.add_argument("--ckpt_path", required=True, help="a checkpoint written by `python -m zflight fit`")
+    source_arguments(p)
+    p.add_argument("--config", default=None,
+                   help="with --ckpt_path: the config used to train, whose data section gives the images "
+                        "(default: the checkpoint's own data section)")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--layers", nargs="+", default=["conv1", "conv2", "conv3", "conv4", "conv5"],
-                   help="layer names (default: conv1 … conv5, the paper's layers 1-5)")
+    p.add_argument("--layers", nargs="+", default=None,
+                   help="layer names (default: conv1 … conv5 for zflight's networks, else each resolution "
+                        "stage's output; `python -m zflight layers` lists them)")
     p.add_argument("--k", type=int, default=9, help="activations per feature map (default 9)")
     p.add_argument("--maps", type=int, default=8, help="random feature maps per layer (default 8)")
-    p.add_argument("--split", choices=["val", "train"], default="val", help="data split mined (default val)")
+    p.add_argument("--split", choices=["val", "train"], default="val",
+                   help="split of the checkpoint's data mined (default val; --images is mined whole)")
     p.add_argument("--max_images", type=int, default=None, help="mine a fixed random subset of this many images")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choices (default 0)")
     p.add_argument("--batch_size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--num_workers", type=int, default=0,
+                   help="DataLoader worker processes decoding the images (default 0)")
     p.add_argument("--tile", type=int, default=48, help="side of each tile in pixels (default 48)")
     p.add_argument("--maps_per_row", type=int, default=4, help="feature-map cells per panel row (default 4)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
@@ -86,7 +105,6 @@ def _parser() -> ArgumentParser:
 
 def _run(args: argparse.Namespace) -> Path:
     from zflight.analysis import top_activation_crops, top_activations
-    from zflight.attribution import resolve_layer
     from zflight.callbacks._common import _choose_maps, _layer_channels, _SeededItems, _subset
     from zflight.figures import filter_grid, save_png, top_activation_panel
     from zflight.figures.dissection import unit_caption
@@ -97,34 +115,37 @@ def _run(args: argparse.Namespace) -> Path:
     if args.max_images is not None and args.max_images < 1:
         raise AnalysisError(f"--max_images must be >= 1, got {args.max_images}")
     out = check_out(args.out, args.overwrite)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(args.device)
     labels = _read_dissection(args.dissection)
+    if args.config is not None and args.ckpt_path is None:
+        raise AnalysisError("--config goes with --ckpt_path (its data section names the checkpoint's images)")
 
-    model = _load_model(Path(args.ckpt_path)).to(device).eval()
-    dataset = _load_dataset(Path(args.config), args.split)
+    source, dataset, line = load_sources(args, split=args.split, images=args.config is None or bool(args.images))
+    if args.config is not None and not args.images:
+        dataset = _load_dataset(Path(args.config), args.split)
+        line = f"the {args.split} split of {args.config}'s data section"
+    layers = layers_or_default(args.layers, source)
+    model = source.model.to(device).eval()
     # Same subset and same torch seeds per item as the TopActivationPanels callback (this
     # process does nothing else with the RNG, so it needs no restoring).
     dataset = _SeededItems(_subset(dataset, args.max_images, args.seed), args.seed)
-    for name in args.layers:
-        try:
-            resolve_layer(model, name)
-        except ValueError as err:
-            raise AnalysisError(f"--layers: {err}") from None
 
     with output_dir(out, overwrite=args.overwrite) as tmp:
         report: dict[str, Any] = {
-            "ckpt_path": str(args.ckpt_path), "config": str(args.config), "split": args.split,
+            "ckpt_path": None if args.ckpt_path is None else str(args.ckpt_path),
+            "config": None if args.config is None else str(args.config),
+            "model": source.facts(), "images_from": line, "split": args.split,
             "images": len(dataset), "k": args.k, "seed": args.seed, "layers": {},
         }
         channels = {
             name: _choose_maps(args.maps, name, _layer_channels(model, name, dataset), args.seed)
-            for name in args.layers
+            for name in layers
         }
         _check_labels(labels, model, channels)
-        # One pass over the data for all layers.
-        tops = top_activations(model, dataset, args.layers, k=args.k, channels=channels,
-                               batch_size=args.batch_size, progress=True)
-        for name in args.layers:
+        # One pass over the data for all layers (under torchrun, each rank mines its shard).
+        tops = top_activations(model, dataset, layers, k=args.k, channels=channels,
+                               batch_size=args.batch_size, num_workers=args.num_workers, progress=True)
+        for name in layers:
             top = tops[name]
             projections, patches = top_activation_crops(model, dataset, top, tile=args.tile,
                                                         batch_size=args.batch_size)
@@ -141,11 +162,13 @@ def _run(args: argparse.Namespace) -> Path:
                 "positions": top.positions.tolist(),
                 "values": top.values.tolist(),
             }
-        first = dict(model.named_modules()).get("features.conv1")
-        if isinstance(first, torch.nn.Conv2d) and first.weight.shape[1] in (1, 3):
-            save_png(filter_grid(first.weight.detach()), tmp / "filters_conv1.png")
+        first = _first_conv(model)
+        if first is not None:
+            name, conv = first
+            tag = "conv1" if name.endswith("conv1") else safe_name(name)
+            save_png(filter_grid(conv.weight.detach().float().cpu()), tmp / f"filters_{tag}.png")
         write_json(report, tmp / "top_activations.json")
-    print(f"zflight visualize: wrote {len(args.layers)} panels to {out}", flush=True)
+    print(f"zflight visualize: wrote {len(layers)} panels to {out}", flush=True)
     return out
 
 
@@ -192,8 +215,12 @@ def _check_labels(labels: Any, model: torch.nn.Module, channels: dict[str, list[
             )
 
 
-def _load_model(path: Path) -> torch.nn.Module:
-    return read_ckpt(path)[0].model
+def _first_conv(model: torch.nn.Module) -> tuple[str, torch.nn.Conv2d] | None:
+    """The first convolution that reads colour (or grey) pixels: the filters worth drawing."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and module.weight.shape[1] in (1, 3) and module.groups == 1:
+            return name, module
+    return None
 
 
 def _load_dataset(config: Path, split: str) -> Any:
