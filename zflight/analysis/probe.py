@@ -492,6 +492,8 @@ def _kept_classes(classes: list[str] | None, drop: Sequence[str]) -> list[int]:
 def _targets(dataset: Any) -> list[int] | None:
     targets = getattr(dataset, "targets", None)
     if targets is None:
+        targets = getattr(dataset, "labels", None)  # zflight.sources.ImageFiles
+    if targets is None:
         return None
     return [int(t) for t in targets]
 
@@ -546,9 +548,9 @@ def _draw_splits(
         short = [(names[c], int(n)) for c, n in enumerate(counts.tolist()) if 0 < n < need]
         if short:
             name, n = min(short, key=lambda t: t[1])
-            rest = " and leave test images" if test_labels is None else ""
-            raise ValueError(f"train_per_class={per_class}: class {name!r} holds {n} images, too few to draw "
-                             f"{per_class}{rest}")
+            rest = " (the rest of each class is its test set)" if test_labels is None else ""
+            raise ValueError(f"train_per_class={per_class} is more than class {name!r} can give: it holds "
+                             f"{n} images{rest}")
     fixed_test = None
     if test_labels is not None:
         t = test_labels.cpu()
