@@ -357,6 +357,14 @@ def linear_probe(
         _check_same_classes(classes, _class_names(test, "test"))
     keep = _kept_classes(classes, drop_class)
 
+    targets = _targets(train)
+    if targets is not None and keep:
+        # Counts from the labels alone: a split that cannot be drawn fails before any image is read.
+        known = torch.tensor([keep.index(t) for t in targets if t in keep], dtype=torch.long)
+        _check_two_classes(known, [classes[c] for c in keep])
+        _draw_splits(known, None if test is None else known[:0], train_per_class, test_per_class, 1, seed,
+                     [classes[c] for c in keep], check_only=True)
+
     device = _model_device(model) if device is None else torch.device(device)
     started = time.perf_counter()
     train_idx = _indices_of_classes(train, keep)
@@ -539,8 +547,12 @@ def _draw_splits(
     splits: int,
     seed: int,
     names: list[str],
+    *,
+    check_only: bool = False,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``[(train rows, test rows)]`` per split; test rows index ``test_labels`` when given."""
+    """``[(train rows, test rows)]`` per split; test rows index ``test_labels`` when given.
+
+    ``check_only`` checks that the training images suffice, and stops there."""
     cpu = labels.cpu()
     counts = torch.bincount(cpu, minlength=len(names))
     if per_class is not None:
@@ -551,6 +563,8 @@ def _draw_splits(
             rest = " (the rest of each class is its test set)" if test_labels is None else ""
             raise ValueError(f"train_per_class={per_class} is more than class {name!r} can give: it holds "
                              f"{n} images{rest}")
+    if check_only:
+        return []
     fixed_test = None
     if test_labels is not None:
         t = test_labels.cpu()
