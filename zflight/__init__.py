@@ -35,6 +35,8 @@ from zflight.analysis import (
     top_activations,
     unit_examples,
     UnitExamples,
+    linear_probe,
+    ProbeResult,
 )
 from zflight.attribution import DeconvNet, GuidedBackprop, OcclusionMaps, occlusion_maps
 from zflight.checkpoint import load_classifier
@@ -54,6 +56,7 @@ from zflight.data import (
     PackedImageNetDataModule,
     ShapesDataModule,
     ShapesDataset,
+    TransferShapesDataset,
 )
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
 from zflight.sources import ImageFiles, ModelSource, Preprocess, image_folder, load_model
@@ -123,4 +126,8 @@ __all__ = [
     "Dissection",
     "unit_examples",
     "UnitExamples",
+    # linear probes and transfer
+    "linear_probe",
+    "ProbeResult",
+    "TransferShapesDataset",
 ]
