@@ -32,7 +32,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
+# conv1-conv5, fc6, fc7 as the issue names them, read after their ReLUs (what a probe should see:
+# a conv's pooled output is linear in the pixels); the forward stops after relu7 either way.
+LAYERS = ["relu1", "relu2", "relu3", "relu4", "relu5", "relu6", "relu7"]
 
 
 def _model(ckpt_path: str | None) -> torch.nn.Module:

@@ -60,8 +60,10 @@ from zflight.cli._common import (
 
 __all__ = ["main"]
 
-#: Table 7's layers, in zflight's network's names (used when the model has them all).
-TABLE7_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
+#: Table 7's layers 1-7, in zflight's network's names (used when the model has them all): the
+#: rectified outputs. A conv's own output is linear in the image, and so is its average over a
+#: grid cell: pooled, it tells a linear probe no more than the pixels' mean colours do.
+TABLE7_LAYERS = ["relu1", "relu2", "relu3", "relu4", "relu5", "relu6", "relu7"]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -99,8 +101,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--pool_per_class", type=int, default=80,
                    help="--transfer_shapes: images generated per class (default 80)")
     p.add_argument("--layers", nargs="+", default=None,
-                   help="layers to probe (default: conv1 … conv5 fc6 fc7 when the model has them, "
-                        "else each resolution stage's output)")
+                   help="layers to probe (default: relu1 … relu7, Table 7's layers 1-7, when the model has "
+                        "them, else each resolution stage's output)")
     p.add_argument("--classifier", default="svm", choices=["svm", "logistic"],
                    help="svm: one-vs-rest squared-hinge linear SVM (as LinearSVC); logistic: softmax "
                         "(default: svm, the paper's)")
