@@ -5,8 +5,8 @@ from torch import nn
 from zflight.analysis._linear import cross_validate, fit_linear_classifier, standardize
 from zflight.analysis.probe import linear_probe, probe_features
 
-sklearn = pytest.importorskip("sklearn")
-from sklearn.linear_model import LogisticRegression  # noqa: E402
+pytest.importorskip("sklearn")
+from sklearn.linear_model import LogisticRegression  # noqa: E402 (after the skip)
 from sklearn.svm import LinearSVC  # noqa: E402
 
 

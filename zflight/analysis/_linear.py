@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "C_GRID",
     "LOSSES",
     "LinearClassifier",
+    "cross_validate",
     "fit_linear_classifier",
     "standardize",
     "stratified_folds",
-    "cross_validate",
-    "C_GRID",
 ]
 
 Loss = Literal["logistic", "svm"]
@@ -198,7 +198,7 @@ def fit_linear_classifier(
     )
 
 
-def _objective(loss: str, x: torch.Tensor, y: torch.Tensor, k: int, C: float):  # noqa: ANN202
+def _objective(loss: str, x: torch.Tensor, y: torch.Tensor, k: int, C: float):
     """``(weight, bias) -> C * summed loss + 0.5 * penalty`` for ``loss`` on ``(x, y)``."""
     if loss == "logistic":
         if k == 2:

@@ -65,8 +65,8 @@ from zflight.attribution._layers import forward_until, preserve_modes, resolve_l
 __all__ = [
     "POOLINGS",
     "LayerProbe",
-    "ProbeResult",
     "LinearClassifier",
+    "ProbeResult",
     "fit_linear_classifier",
     "linear_probe",
     "probe_features",

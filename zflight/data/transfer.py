@@ -116,7 +116,7 @@ class TransferShapesDataset(ShapesDataset):
     _templates = _TRANSFER_TEMPLATES
 
     def __init__(self, num_samples: int, *, image_size: int = 64, seed: int = 1000, clutter: float = 1.0,
-                 transform=None) -> None:  # noqa: ANN001 (ShapesDataset's transform)
+                 transform=None) -> None:
         super().__init__(num_samples, image_size=image_size, seed=seed, clutter=clutter, transform=transform)
 
     def __repr__(self) -> str:
