@@ -67,7 +67,7 @@ def probe_figure(results: Mapping[str, ProbeResult | Mapping[str, Any]], *,
     ax.set_ylabel(f"{_METRIC_TITLES[metric]} (%)", fontsize=9)
     ax.tick_params(labelsize=8)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
     ax.set_title(title or _describe(first), fontsize=9)
     return fig
 
