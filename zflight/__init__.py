@@ -51,6 +51,7 @@ from zflight.callbacks import (
     UnitLabels,
 )
 from zflight.data import (
+    BrodenDataset,
     ConceptFolder,
     ImageFolderDataModule,
     PackedImageNetDataModule,
@@ -61,6 +62,7 @@ from zflight.data import (
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
 from zflight.sources import ImageFiles, ModelSource, Preprocess, image_folder, load_model
 from zflight.module import ImageClassifier
+from zflight.report import build_report
 
 __version__ = "0.1.0"
 
@@ -68,6 +70,7 @@ __all__ = [
     # data
     "ShapesDataset",
     "ConceptFolder",
+    "BrodenDataset",
     "ShapesDataModule",
     "ImageFolderDataModule",
     "PackedImageNetDataModule",
@@ -126,6 +129,8 @@ __all__ = [
     "Dissection",
     "unit_examples",
     "UnitExamples",
+    # the unit explorer
+    "build_report",
     # linear probes and transfer
     "linear_probe",
     "ProbeResult",

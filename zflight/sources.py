@@ -1027,7 +1027,10 @@ def default_dataset(source: ModelSource, split: str = "val") -> Any:
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be one of train, val, test; got {split!r}")
     data_hp = {k: v for k, v in source.data_hp.items() if not k.startswith("_")}
-    class_path = str(source.data_hp.get("_class_path", "zflight.data.ShapesDataModule"))
+    # A folder module's settings name its root (older checkpoints saved no class path).
+    folder = any(k in data_hp for k in ("root", "train_dir", "data_dir"))
+    class_path = str(source.data_hp.get("_class_path", "zflight.data.ImageFolderDataModule" if folder
+                                        else "zflight.data.ShapesDataModule"))
     if class_path.endswith("ShapesDataModule") or not source.data_hp:
         from zflight.data import ShapesDataset
 
@@ -1043,7 +1046,7 @@ def default_dataset(source: ModelSource, split: str = "val") -> Any:
 
     where = data_hp.get("root") or data_hp.get("data_dir") or data_hp.get("train_dir")
     try:
-        datamodule = rebuild_datamodule(source.data_hp, source.image_size)
+        datamodule = rebuild_datamodule({"_class_path": class_path, **source.data_hp}, source.image_size)
         datamodule.setup("fit" if split == "train" else "validate")
         dataset = getattr(datamodule, f"{split}_dataset", None)
     except (ImportError, AttributeError, TypeError, ValueError, OSError) as err:

@@ -283,6 +283,39 @@ def test_ddp_shards_merge_to_the_single_process_result(tmp_path, data):
             assert got.layers[key].labels == single.layers[key].labels
 
 
+def _short_shard_worker(rank: int, world: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = zfnet(num_classes=10, width=0.125, image_size=64)
+        # Each rank holds 4 images, fewer values than quantile=0.7 reads from the 8.
+        short = dissect(model, ShapesDataset(8), ["conv1", "conv5"], quantile=0.7, progress=False)
+        # One image for two ranks: rank 1's shard is empty.
+        empty = dissect(model, ShapesDataset(1), ["conv1", "conv5"], progress=False)
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump([short.to_json(), empty.to_json()], f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_with_a_rank_holding_fewer_values_than_the_quantile_reads_or_none(tmp_path):
+    out = str(tmp_path / "dissection")
+    torch.manual_seed(0)
+    model = zfnet(num_classes=10, width=0.125, image_size=64)
+    mp.start_processes(_short_shard_worker, args=(2, str(tmp_path / "store"), out), nprocs=2, start_method="fork")
+    single = [dissect(model, ShapesDataset(8), ["conv1", "conv5"], quantile=0.7, progress=False),
+              dissect(model, ShapesDataset(1), ["conv1", "conv5"], progress=False)]
+    for rank in range(2):
+        with open(f"{out}.{rank}") as f:
+            got = [Dissection.from_json(d) for d in json.load(f)]
+        for g, s in zip(got, single):
+            for key in ["conv1", "conv5"]:
+                assert torch.equal(g.layers[key].thresholds, s.layers[key].thresholds)
+                assert torch.equal(g.layers[key].iou, s.layers[key].iou)
+                assert g.layers[key].labels == s.layers[key].labels
+
+
 class _Explodes(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -95,3 +95,14 @@ def test_bad_shapes_are_named(batch):
         score_methods(model, x, y[:3], masks, ["random"])
     with pytest.raises(ValueError, match=r"steps must be an int >= 1"):
         score_methods(model, x, y, masks, ["random"], steps=0)
+
+
+def test_without_masks_the_faithfulness_metrics_run_and_localization_is_refused(batch):
+    model, x, y, masks = batch
+    faith = ["deletion_auc", "insertion_auc"]
+    without = score_methods(model, x, y, None, ["saliency"], faith, steps=4)
+    with_masks = score_methods(model, x, y, masks, ["saliency"], faith, steps=4)
+    for metric in faith:
+        assert torch.equal(without.scores["saliency"][metric], with_masks.scores["saliency"][metric])
+    with pytest.raises(ValueError, match=r"masks: pointing_game score maps against object masks; none were given"):
+        score_methods(model, x, y, None, ["saliency"], ["pointing_game", "deletion_auc"])

@@ -15,7 +15,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from zflight.callbacks import FeatureEvolution, FilterGrid, TopActivationPanels
+from zflight.callbacks import (
+    CallbackConfigError,
+    FeatureEvolution,
+    FilterGrid,
+    InvarianceFigures,
+    OcclusionFigures,
+    TopActivationPanels,
+)
 from zflight.data import ShapesDataModule
 from zflight.module import ImageClassifier
 
@@ -192,6 +199,9 @@ def test_two_ddp_processes_log_once_from_rank_zero(tmp_path):
         "    - class_path: zflight.callbacks.TopActivationPanels\n"
         "      init_args: {layers: [conv2], maps: 2, k: 4, max_images: 16, tile: 16}\n"
         "    - class_path: zflight.callbacks.FilterGrid\n"
+        # Draws on rank 0 between collectives: the figure folder must be asked on every rank.
+        "    - class_path: zflight.callbacks.OcclusionFigures\n"
+        "      init_args: {every_n_epochs: 1, indices: [0], size: 32, stride: 32}\n"
     )
     cmd = [
         sys.executable, "-m", "zflight", "fit",
@@ -208,9 +218,42 @@ def test_two_ddp_processes_log_once_from_rank_zero(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = sorted((tmp_path / "runs" / "quickstart").glob("version_*"))
     figures = sorted(p.name for p in (run / "figures").glob("*"))
-    assert figures == ["evolution_conv1.png", "evolution_conv3.png", "filters_conv1.png", "top4_conv2_epoch001.png"]
+    assert figures == ["evolution_conv1.png", "evolution_conv3.png", "filters_conv1.png",
+                       "occlusion_0_epoch001.png", "top4_conv2_epoch001.png"]
     assert len(list(run.glob("events.out.tfevents.*"))) == 1  # rank 0 only
     acc = _events(run)
     tags = set(acc.Tags()["images"])
-    assert {"evolution/conv1", "evolution/conv3", "top4/conv2", "filters/conv1"} <= tags
+    assert {"evolution/conv1", "evolution/conv3", "top4/conv2", "filters/conv1", "occlusion/0"} <= tags
     assert len(acc.Images("evolution/conv1")) == 1
+
+
+class _Steps(Callback):
+    """Counts training steps, to show that a failing setup comes before the first one."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_train_batch_end(self, *args) -> None:
+        self.steps += 1
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [
+        _evolution(layers=["conv1", "conv9"]),
+        TopActivationPanels(layers=["conv9"]),
+        FilterGrid("conv9"),
+        InvarianceFigures(layers=["norm1", "conv9"]),
+        OcclusionFigures(layer="conv9"),
+    ],
+    ids=lambda cb: type(cb).__name__,
+)
+def test_a_layer_the_network_lacks_fails_at_setup_in_one_line_naming_callback_and_layer(callback, tmp_path):
+    steps = _Steps()
+    trainer = _trainer(tmp_path, 1, [steps, callback])
+    with pytest.raises(CallbackConfigError) as info:
+        trainer.fit(_module(), datamodule=_data())
+    message = str(info.value)
+    assert message.startswith(f"{type(callback).__name__}: layer='conv9' is not a module of ZFNet")
+    assert "\n" not in message
+    assert steps.steps == 0

@@ -62,3 +62,23 @@ def test_callback_rejects_bad_arguments(kwargs, name):
 
     with pytest.raises(ValueError, match=name):
         OcclusionFigures(**kwargs)
+
+
+def test_callback_indices_outside_the_validation_set_fail_at_setup(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from zflight.callbacks import CallbackConfigError, OcclusionFigures
+    from zflight.data import ShapesDataModule
+    from zflight.module import ImageClassifier
+
+    module = ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64, init="kaiming")
+    dm = ShapesDataModule(image_size=64, train_size=8, val_size=4, test_size=4, batch_size=4)
+    trainer = Trainer(
+        max_epochs=10, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[OcclusionFigures(every_n_epochs=10, indices=[0, 4, 7])],
+    )
+    with pytest.raises(CallbackConfigError, match=r"^OcclusionFigures: indices \[4, 7\] are outside the "
+                                                  r"validation set \(it has 4 images\)$"):
+        trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 0  # at start-up, not at epoch 10

@@ -86,3 +86,58 @@ def test_compare_cli_bad_image_files_one_message_no_output(write_pngs, ckpts, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words.format(**names) in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "img0.png"]
+
+
+# ----------------------------------------------------------------- any model, any images
+def _any_options(resnet18_file):
+    """A: resnet18 (10 classes) from the state_dict of tests/conftest.py; B: a random resnet18; at 48 px."""
+    return ["--model", "resnet18", "--model_args", '{"num_classes": 10}', "--checkpoint", str(resnet18_file),
+            "--resize", "50", "--image_size", "48", "--model_b", "resnet18", "--model_args_b", '{"num_classes": 10}']
+
+
+def test_any_models_on_a_folder_first_conv_and_default_layers_or_named_ones(resnet18_file, photo_folders, tmp_path,
+                                                                             capsys):
+    out = tmp_path / "cmp"
+    compare_main([*_any_options(resnet18_file), "--images", str(photo_folders[0]), "--out", str(out),
+                  "--maps", "2", "--max_shift", "1", "--num_images", "3", "--feature_layer", "layer1", "layer2"])
+    for name in ("compare.png", "filters_a.png", "filters_b.png", "compare.json"):
+        assert (out / name).stat().st_size > 100
+    data = json.loads((out / "compare.json").read_text())
+    assert list(data["models"]) == ["resnet18 (a)", "resnet18 (b)"]
+    a, b = data["models"].values()
+    # The first Conv2d's filters, activity at the first default layer, features as named per model.
+    assert a["layers"] == {"filter_layer": "conv1", "activity_layer": "relu", "feature_layer": "layer1"}
+    assert b["layers"]["feature_layer"] == "layer2" and a["stride"] == 2 and a["ckpt_path"] is None
+    assert a["model"]["weights"].startswith("file ") and b["model"]["weights"] == "random (weights=None)"
+    # Three of the nine photos, spread over the folder's order: one per class.
+    assert [p.rsplit("/", 1)[-1] for p in data["images"]] == ["apple0.jpg", "bicycle0.jpg", "cloud0.jpg"]
+    # The filters are the weights of the file for A: conv1 of the state_dict.
+    sd = torch.load(resnet18_file)
+    assert a["per_filter"]["rms"] == pytest.approx(sd["conv1.weight"].pow(2).mean(dim=(1, 2, 3)).sqrt().tolist(),
+                                                   rel=1e-5)
+    printed = capsys.readouterr().out
+    assert "A model: torchvision resnet18" in printed and "B weights: random (weights=None)" in printed
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--model_b", "resnet19"], "--model_b: 'resnet19' is not a torchvision classification model"),
+        (["--model_b", "mobilenet_v3_small", "--checkpoint_b", "{sd}"], "--checkpoint_b: {sd} does not fit "),
+        (["--feature_layer", "layer1", "layer2", "layer3"], "--feature_layer: one name for both models, or two"),
+        (["--feature_layer", "layer9"], "--feature_layer: layer='layer9' is not a module of ResNet"),
+    ],
+)
+def test_any_models_bad_input_one_message_no_output(resnet18_file, photo_folders, tmp_path, capsys, extra, words):
+    argv = _any_options(resnet18_file)
+    if extra[0] == "--model_b":
+        argv = argv[: argv.index("--model_b")]
+    work = tmp_path / "work"
+    work.mkdir()
+    extra = [a.format(sd=resnet18_file) for a in extra]
+    with pytest.raises(SystemExit) as exc:
+        compare_main([*argv, *extra, "--images", str(photo_folders[1]), "--out", str(work / "c"), "--maps", "2"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words.format(sd=resnet18_file) in err[0], err
+    assert list(work.iterdir()) == []

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from zflight.cli.correspondence import main as correspondence_main
 
@@ -98,3 +99,66 @@ def test_cli_images_and_data_set_flags_do_not_mix(write_pngs, tiny_ckpt, tmp_pat
     assert exc.value.code == 2
     assert "--classes goes with data set images" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img0.png", "img1.png"]
+
+
+# ----------------------------------------------------------------- any model, any images
+def _resnet(resnet18_file):
+    """resnet18 (10 classes) from the state_dict of tests/conftest.py, read at 48 px."""
+    return ["--model", "resnet18", "--model_args", '{"num_classes": 10}', "--checkpoint", str(resnet18_file),
+            "--resize", "50", "--image_size", "48"]
+
+
+def test_any_model_with_images_and_points_uses_its_last_two_default_layers(resnet18_file, photo_folders, tmp_path,
+                                                                           capsys):
+    out = tmp_path / "corr"
+    correspondence_main([*_resnet(resnet18_file), "--images", str(photo_folders[1]),
+                         "--points", "10,10", "12,9", "20,20", "47,0", "--size", "8", "--repeats", "2",
+                         "--out", str(out)])
+    assert (out / "correspondence.png").stat().st_size > 1000
+    data = json.loads((out / "correspondence.json").read_text())
+    assert data["layers"] == ["layer3", "layer4"] and list(data["rows"]) == ["part", "random"]
+    assert len(data["rows"]["part"]["layer4"]["delta"]) == 2 and data["num_images"] == 4
+    assert data["ckpt_path"] is None and data["model"]["model"] == "torchvision resnet18"
+    assert "layers: layer3 layer4 (the last two default layers" in capsys.readouterr().out
+
+
+def _folder_ckpt(folder):
+    """A checkpoint whose data module read an image folder (no part landmarks)."""
+    from zflight.module import ImageClassifier
+
+    module = ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64)
+    path = folder / "folder.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "datamodule_hyper_parameters": {"_class_path": "zflight.data.ImageFolderDataModule",
+                                                "root": "/data/imagenet", "image_size": 64}}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "which, words",
+    [
+        ("model", ("--model: correspondence needs part landmarks, which only the embedded shapes data set has "
+                   "(a --ckpt_path trained on it); for resnet18, give image files with --images and --points X,Y")),
+        ("folder_ckpt", ("--ckpt_path: the checkpoint was trained on /data/imagenet, whose images have no part "
+                         "landmarks; give image files with --images and --points X,Y")),
+        ("images", "--points: give the part's center X,Y in each of the 4 --images"),
+        ("wrong_name", "--model: 'resnet19' is not a torchvision classification model; did you mean"),
+    ],
+)
+def test_without_landmarks_one_line_naming_the_option(resnet18_file, photo_folders, tmp_path, capsys, which,
+                                                      words):
+    work = tmp_path / "work"
+    work.mkdir()
+    options = _resnet(resnet18_file)
+    argv = {
+        "model": options,
+        "folder_ckpt": ["--ckpt_path", str(_folder_ckpt(tmp_path))],
+        "images": [*options, "--images", str(photo_folders[1])],
+        "wrong_name": ["--model", "resnet19", "--images", str(photo_folders[1]), "--points", "1,1", "2,2"],
+    }[which]
+    with pytest.raises(SystemExit) as exc:
+        correspondence_main([*argv, "--out", str(work / "c")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert list(work.iterdir()) == []

@@ -32,7 +32,7 @@ def test_writes_json_markdown_and_a_panel_per_layer_with_dissects_numbers(ckpt, 
     out = tmp_path / "dis"
     doc = zflight_main(["dissect", *_args(ckpt, out)])
     assert sorted(p.name for p in out.iterdir()) == [
-        "dissect_conv1.png", "dissect_conv5.png", "dissection.json", "dissection.md"]
+        "counts.csv", "dissect_conv1.png", "dissect_conv5.png", "dissection.json", "dissection.md", "tally.csv"]
     saved = json.loads((out / "dissection.json").read_text())
     assert saved == json.loads(json.dumps(doc))
     # The same numbers as dissect() on the first 16 validation images.
@@ -83,19 +83,20 @@ def test_a_concept_folder_is_dissected_with_its_own_concepts(ckpt, tmp_path):
 
 def _no_masks_ckpt(ckpt: Path, tmp_path: Path) -> Path:
     data = torch.load(ckpt, weights_only=True)
-    data["datamodule_hyper_parameters"] = {"root": str(tmp_path), "image_size": 64}
+    data["datamodule_hyper_parameters"] = {"root": str(tmp_path / "gone"), "image_size": 64,
+                                           "_class_path": "zflight.data.ImageFolderDataModule"}
     path = tmp_path / "folder.ckpt"
     torch.save(data, path)
     return path
 
 
 @pytest.mark.parametrize("case, message", [
-    ("layer", "--layers: layers: layer='conv6' is not a module of ZFNet; did you mean 'conv5'"),
+    ("layer", "--layers: layer='conv6' is not a module of ZFNet; did you mean 'conv5'"),
     ("quantile", "--quantile must be in (0, 1)"),
     ("quantile0", "--quantile must be in (0, 1)"),
     ("iou", "--iou_threshold must be in [0, 1]"),
     ("too_many", "--num_images: 99 is larger than the data set (24 images"),
-    ("no_masks", "--ckpt_path: the checkpoint was not trained on the embedded shapes data set"),
+    ("no_masks", "--ckpt_path: the checkpoint's data"),
     ("mask_size", "--concepts: mask "),
     ("empty", "--concepts: images folder"),
     ("not_a_folder", "--concepts: concept folder"),
@@ -165,3 +166,88 @@ def test_visualize_captions_units_with_the_dissections_labels(ckpt, tmp_path, mo
     with pytest.raises(SystemExit):
         visualize([*common, "--out", str(tmp_path / "x"), "--dissection", str(tmp_path / "bad.json")])
     assert "--dissection: " in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def broden(tmp_path_factory) -> Path:
+    from tests.broden_folder import write_broden
+
+    root = tmp_path_factory.mktemp("broden")
+    write_broden(root, 10, size=64, seed=1)
+    return root
+
+
+def test_a_broden_folder_is_dissected_per_category_with_its_tally_and_count_table(ckpt, broden, tmp_path):
+    import csv
+
+    from zflight.data.broden import BrodenDataset
+    from zflight.sources import load_model
+
+    out = tmp_path / "b"
+    doc = main(["--ckpt_path", str(ckpt), "--out", str(out), "--concepts", str(broden), "--layers", "conv1", "conv2",
+                "--categories", "object", "part", "texture", "--units", "2", "--examples", "2", "--workers", "0"])
+    assert {"tally.csv", "counts.csv", "dissect_conv1.png", "dissect_conv2.png"} <= {p.name for p in out.iterdir()}
+    source = load_model(ckpt_path=str(ckpt))
+    ds = BrodenDataset(broden, ["object", "part", "texture"], mean=source.preprocess.mean, std=source.preprocess.std)
+    direct = dissect(source.model, ds, ["conv1", "conv2"], progress=False)
+    result = Dissection.from_json(json.loads((out / "dissection.json").read_text()))
+    assert result.mask_size == (32, 32) and result.categories == ["object", "part", "texture"]
+    for name in ["conv1", "conv2"]:
+        assert torch.equal(result.layers[name].iou, direct.layers[name].iou)
+    with open(out / "tally.csv") as f:
+        tally = list(csv.DictReader(f))
+    assert list(tally[0]) == ["layer", "unit", "category", "label", "score", "object-label", "object-iou",
+                              "part-label", "part-iou", "texture-label", "texture-iou"]
+    conv2 = [r for r in tally if r["layer"] == "conv2"]
+    assert len(conv2) == direct.layers["conv2"].num_units
+    best = conv2[0]
+    assert f"{best['category']}/{best['label']}" == direct.top_units("conv2", 1)[0]["label"]
+    with open(out / "counts.csv") as f:
+        counts = list(csv.DictReader(f))
+    assert [(r["layer"], r["category"]) for r in counts[:4]] == [
+        ("conv1", "all"), ("conv1", "object"), ("conv1", "part"), ("conv1", "texture")]
+    assert int(counts[0]["detectors"]) == doc["summary"]["conv1"]["detectors"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("category", "--categories: 'objects' is not a category of"),
+    ("not_broden", "--categories: only a Broden folder"),
+    ("label_csv", "label.csv does not exist"),
+    ("png", "img_00000_part_2.png (part, index.csv line 2) does not exist"),
+])
+def test_bad_broden_input_is_one_error_line_naming_the_file(ckpt, broden, tmp_path, capsys, case, message):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(broden, folder)
+    extra = ["--categories", "objects"] if case == "category" else []
+    if case == "not_broden":
+        folder = _concept_folder(tmp_path / "c")
+        extra = ["--categories", "object"]
+    elif case == "label_csv":
+        (folder / "label.csv").unlink()
+    elif case == "png":
+        (folder / "images" / "gen" / "img_00000_part_2.png").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        main(["--ckpt_path", str(ckpt), "--out", str(out), "--concepts", str(folder), "--layers", "conv1", *extra])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_any_model_named_with_model_dissects_a_broden_folder_with_workers(broden, tmp_path):
+    from tests.analysis.test_dissection import small_cnn
+    from zflight.data import IMAGENET_MEAN, IMAGENET_STD
+    from zflight.data.broden import BrodenDataset
+
+    doc = main(["--model", "tests.analysis.test_dissection:small_cnn", "--concepts", str(broden),
+                "--layers", "conv1", "conv3", "--units", "2", "--examples", "2", "--workers", "2",
+                "--out", str(tmp_path / "m")])
+    assert doc["source"]["model"] == "import tests.analysis.test_dissection:small_cnn"
+    direct = dissect(small_cnn(), BrodenDataset(broden, mean=IMAGENET_MEAN, std=IMAGENET_STD), ["conv1", "conv3"],
+                     progress=False)
+    got = Dissection.from_json(doc)
+    for name in ["conv1", "conv3"]:
+        assert torch.equal(got.layers[name].iou, direct.layers[name].iou)
+    assert doc["mask_size"] == [32, 32]

@@ -198,3 +198,20 @@ def test_fit_with_two_ddp_processes_on_cpu(tmp_path):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     # 48 training images over 2 ranks at batch 16: 2 steps per epoch per rank
     assert ckpt["global_step"] == 2
+
+
+def test_a_callback_layer_the_network_lacks_is_one_error_line_before_training(tmp_path, capsys):
+    bad = tmp_path / "bad_layer.yaml"
+    bad.write_text(
+        "trainer:\n"
+        "  callbacks:\n"
+        "    - class_path: zflight.callbacks.FeatureEvolution\n"
+        "      init_args: {layers: [conv1, conv6], epochs: [10]}\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_tiny(tmp_path, "--config", str(bad))])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("python -m zflight fit: error: FeatureEvolution: layer='conv6' is not a module of ZFNet")
+    assert len(err) <= 3, err
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))  # nothing trained

@@ -196,3 +196,24 @@ def test_fit_with_the_imagenet_config_reads_the_pack(packed, tmp_path, capsys):
         cli = main(args)
     assert cli.trainer.global_step == 2
     assert cli.model.hparams.num_classes == 3 and cli.model.hparams.image_size == CROP
+
+
+def test_packed_images_are_the_validation_batches_image_by_image(packed):
+    import pickle
+
+    dm = packed_module(packed, batch_size=9)
+    dm.setup("fit")
+    x, y = dm.transform_batch(next(iter(dm.val_dataloader())))
+    view = dm.val_dataset
+    assert len(view) == 9 and len(dm.train_dataset) == 24 and view.classes == sorted(CLASSES)
+    for i in range(9):
+        xi, yi = view[i]
+        torch.testing.assert_close(xi, x[i].contiguous())
+        assert yi == int(y[i])
+    c = round((SIZE - CROP) / 2)
+    pixels = np.load(packed / "val_images.npy")[8, c : c + CROP, c : c + CROP]
+    shown = (view.denormalize(view[8][0]) * 255).round().to(torch.uint8).permute(1, 2, 0)
+    assert torch.equal(shown, torch.from_numpy(pixels))
+    assert len(pickle.dumps(view)) < 10_000  # the path, not the pixels (9 x 56 x 56 x 3 bytes) it has read
+    with pytest.raises(IndexError, match="index 9 is out of range for the 9 images of the 'val' split"):
+        view[9]

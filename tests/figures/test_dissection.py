@@ -67,3 +67,10 @@ def test_panel_enlarges_small_tiles_and_checks_its_input():
         dissection_panel(bad)
     with pytest.raises(ValueError, match="units_per_row"):
         dissection_panel(ex, units_per_row=0)
+
+
+def test_a_mask_scored_at_half_the_image_size_is_drawn_as_blocks_of_its_pixels():
+    full = _examples()
+    half = UnitExamples(**{**full.__dict__, "masks": full.masks[:, :, ::2, ::2].clone()})  # 8x8, 2x2 blocks
+    assert half.masks.shape[-2:] == (8, 8)
+    assert torch.equal(dissection_panel(half, min_tile=16), dissection_panel(full, min_tile=16))

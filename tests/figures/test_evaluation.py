@@ -88,3 +88,10 @@ def test_sanity_results_must_share_layers():
         sanity_figure({"a": _result([[1.0]] * 3), "b": _result([[1.0]] * 2, layers=("fc8", "fc7"))})
     with pytest.raises(ValueError, match="at least one"):
         sanity_figure({})
+
+
+def test_without_masks_there_is_no_mask_column_and_no_outline():
+    display, _, maps, fractions, curves = _inputs(k=1)
+    fig = evaluation_figure(display, None, maps, fractions, curves, titles=["a"])
+    assert [ax.get_title() for ax in fig.axes] == ["a", "ramp", "signed", "deletion curves"]
+    assert [len(ax.collections) for ax in fig.axes[:3]] == [0, 0, 0]

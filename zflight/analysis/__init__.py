@@ -53,8 +53,10 @@ from zflight.analysis.evaluation import (
     relevance_rank,
 )
 from zflight.analysis.explanations import METRICS, ScoreTable, score_methods
+from zflight.analysis.histograms import ActivationHistograms, HistogramRecorder
 from zflight.analysis.invariance import InvarianceCurves, invariance_curves
 from zflight.analysis.occlusion import occlusion_analysis
+from zflight.analysis.receptive_field import ReceptiveField, receptive_field
 from zflight.analysis.sanity import (
     ClassSensitivity,
     RandomizationResult,
@@ -62,13 +64,14 @@ from zflight.analysis.sanity import (
     model_randomization,
 )
 from zflight.analysis.probe import LayerProbe, ProbeResult, linear_probe, probe_features
-from zflight.analysis.receptive_field import ReceptiveField, receptive_field
 from zflight.analysis.topk import TopActivations, top_activation_crops, top_activations
 
 __all__ = [
     "TopActivations",
     "top_activations",
     "top_activation_crops",
+    "ActivationHistograms",
+    "HistogramRecorder",
     "ReceptiveField",
     "receptive_field",
     "InvarianceCurves",

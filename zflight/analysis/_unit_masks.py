@@ -37,10 +37,11 @@ class PixelClasses:
 
     Attributes:
         classes: ``[B, H*W]`` int64, each pixel's class in ``0 .. n-1``.
-        incidence: ``[n, C + 2]`` float64: 1 in the columns of the class's concepts, 0 in
-            column ``C`` (padding, kept for the counts' layout) and 1 in column ``C + 1`` (so
-            that the last column counts every pixel).
-        pixels: ``[C + 2]`` float64, the pixels of each concept in the batch (exact integers).
+        incidence: ``[n, C + 2 + G]`` float64: 1 in the columns of the class's concepts, 0 in
+            column ``C`` (padding, kept for the counts' layout), 1 in column ``C + 1`` (so
+            that it counts every pixel) and, per category ``g`` of ``G`` (none without
+            categories), 1 in column ``C + 2 + g`` where the class's image annotates ``g``.
+        pixels: ``[C + 2 + G]`` float64, the pixels of each concept in the batch (exact integers).
         size: ``(H, W)``.
     """
 
@@ -50,9 +51,16 @@ class PixelClasses:
     size: tuple[int, int]
 
     @classmethod
-    def of(cls, masks: torch.Tensor, columns: torch.Tensor, n_concepts: int) -> PixelClasses:
+    def of(
+        cls, masks: torch.Tensor, columns: torch.Tensor, n_concepts: int, annotates: torch.Tensor | None = None
+    ) -> PixelClasses:
         """From ``masks [B, Cp, H, W]`` bool, image ``b``'s present concepts, and ``columns
-        [B, Cp]``, their concept indices (``n_concepts`` for padding, whose masks are empty)."""
+        [B, Cp]``, their concept indices (``n_concepts`` for padding, whose masks are empty).
+
+        With ``annotates [B, G]`` bool (the categories each image annotates), the incidence
+        gains ``G`` columns after ``C + 1``: 1 in column ``C + 2 + g`` for every class of an
+        image that annotates category ``g``, so those columns count a mask's pixels over the
+        images of ``g`` only (Network Dissection's per-category union)."""
         b, cp, h, w = masks.shape
         flat = masks.reshape(b, cp, h * w)
         device = masks.device
@@ -77,10 +85,13 @@ class PixelClasses:
             )
             unique, inverse, class_pixels = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
             classes, image_of, bits = inverse.view(b, h * w), unique[:, 0], unique[:, 1:]
-        incidence = torch.zeros((image_of.numel(), n_concepts + 2), dtype=torch.float64, device=device)
+        n_cat = 0 if annotates is None else annotates.shape[1]
+        incidence = torch.zeros((image_of.numel(), n_concepts + 2 + n_cat), dtype=torch.float64, device=device)
         incidence.scatter_add_(1, columns.to(device)[image_of], bits.to(torch.float64))
         incidence[:, n_concepts] = 0  # padding slots are empty, but never count them
         incidence[:, n_concepts + 1] = 1
+        if annotates is not None and n_cat:
+            incidence[:, n_concepts + 2 :] = annotates.to(device)[image_of].to(torch.float64)
         pixels = class_pixels.to(torch.float64) @ incidence
         return cls(classes, incidence, pixels, (h, w))
 

@@ -193,7 +193,7 @@ def score_methods(
     model: nn.Module,
     images: torch.Tensor,
     targets: torch.Tensor,
-    masks: torch.Tensor,
+    masks: torch.Tensor | None,
     methods: Sequence[str] = tuple(METHODS),
     metrics: Sequence[str] = METRICS,
     *,
@@ -212,7 +212,8 @@ def score_methods(
         model: a classifier returning logits ``[B, classes]``.
         images: ``[N, C, H, W]`` in the model's input space.
         targets: ``[N]`` integer target classes (e.g. the true labels).
-        masks: ``[N, H, W]`` bool, the objects' pixels.
+        masks: ``[N, H, W]`` bool, the objects' pixels; ``None`` when there are none, with only
+            faithfulness metrics (which need no mask).
         methods: names in :data:`~zflight.attribution.methods.METHODS`.
         metrics: names in :data:`METRICS`.
         steps: steps of the deletion / insertion curves.
@@ -226,7 +227,8 @@ def score_methods(
 
     Raises:
         ValueError: an unknown method or metric (the valid ones listed), shapes that disagree,
-            a bad ``steps``, ``batch_size`` or ``keep_maps``; what a method raises (e.g. a model
+            a bad ``steps``, ``batch_size`` or ``keep_maps``, a localization metric without
+            ``masks``; what a method raises (e.g. a model
             without ``Conv2d`` for ``gradcam``).
 
     Example:
@@ -248,12 +250,16 @@ def score_methods(
     n, _, h, w = images.shape
     if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != (n,):
         raise ValueError(f"targets must be a tensor [N={n}] of classes")
-    if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool or tuple(masks.shape) != (n, h, w):
+    if masks is None:
+        need = [m for m in metrics if m in LOCALIZATION]
+        if need:
+            raise ValueError(f"masks: {', '.join(need)} score maps against object masks; none were given")
+    elif not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool or tuple(masks.shape) != (n, h, w):
         raise ValueError(f"masks must be a bool tensor [N={n}, H={h}, W={w}]")
 
     device = images.device
     targets = targets.to(device=device, dtype=torch.int64)
-    masks = masks.to(device)
+    masks = masks.to(device) if masks is not None else None
     per: dict[str, dict[str, list[torch.Tensor]]] = {m: {k: [] for k in metrics} for m in methods}
     curves: dict[str, dict[str, list[torch.Tensor]]] = {
         m: {k: [] for k in metrics if k in FAITHFULNESS} for m in methods
@@ -264,7 +270,8 @@ def score_methods(
     with tqdm(total=n, desc="evaluate", unit="img", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             x = images[start : start + batch_size]
-            t, m = targets[start : start + batch_size], masks[start : start + batch_size]
+            t = targets[start : start + batch_size]
+            m = masks[start : start + batch_size] if masks is not None else None
             for method in methods:
                 maps = attribute(method, model, x, t)
                 r = relevance(maps.double())

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from zflight.analysis.evaluation import relevance
+from zflight.attribution._args import per_image_ints
 from zflight.attribution._guard import preserve_model
 from zflight.attribution._layers import resolve_layer
-from zflight.attribution._args import per_image_ints
 from zflight.attribution.methods import Method, get_method
 
 __all__ = [

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from zflight.analysis._distributed import comm_device, progress_bar, rank_world
 from zflight.attribution._layers import (
     forward_to,
     forward_until,
@@ -156,7 +157,7 @@ def top_activations(
     mined = {key: _RunningTopK(key, *resolve_layer(model, lay), per_layer[key]) for key, lay in zip(keys, layers)}
 
     device = _model_device(model) if device is None else torch.device(device)
-    rank, world = _dist_rank_world()
+    rank, world = rank_world()
     shard = list(range(rank, n_images, world))
     k_eff = min(k, n_images)
     loader = DataLoader(
@@ -307,8 +308,8 @@ def top_activation_crops(
         >>> proj.shape
         torch.Size([2, 9, 3, 48, 48])
     """
-    from zflight.attribution.deconvnet import DeconvNet
     from zflight.analysis.receptive_field import receptive_field
+    from zflight.attribution.deconvnet import DeconvNet
 
     if not isinstance(top, TopActivations):
         raise TypeError(f"top_activation_crops(model, dataset, top): top must be a TopActivations, "
@@ -359,12 +360,6 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _images_of(item: Any) -> torch.Tensor:
     """The image tensor of a data set item or a collated batch: ``(image, label)`` or ``image``."""
     x = item[0] if isinstance(item, (tuple, list)) else item
@@ -379,12 +374,13 @@ def _progress(loader: DataLoader, show: bool, layer: str, total_images: int) -> 
     if not show:
         yield from loader
         return
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total_images, desc=f"top activations {layer}", unit="img", leave=False) as bar:
+    bar = progress_bar(True, total_images, f"top activations {layer}")
+    try:
         for batch in loader:
             yield batch
             bar.update(len(_images_of(batch)))
+    finally:
+        bar.close()
 
 
 def _as_feature_maps(out: torch.Tensor, name: str) -> torch.Tensor:
@@ -464,9 +460,7 @@ def _merge_across_ranks(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     import torch.distributed as dist
 
-    # NCCL only moves CUDA tensors; gloo and others take CPU ones.
-    backend = str(dist.get_backend())
-    comm = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
+    comm = comm_device()
 
     def gather(t: torch.Tensor) -> list[torch.Tensor]:
         t = t.to(comm).contiguous()

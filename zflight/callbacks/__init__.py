@@ -14,7 +14,9 @@
   resumed with ``--ckpt_path last`` ends as the uninterrupted run would (``python -m zflight fit``
   always adds it; see ``docs/resume.md``).
 
-PNG copies go to ``<log_dir>/figures/``. In a config::
+PNG copies go to ``<log_dir>/figures/``. A layer the network lacks (or another setting that does
+not fit the run) fails at ``setup``, before the first step, with one
+:class:`CallbackConfigError` line naming the callback. In a config::
 
     trainer:
       callbacks:
@@ -22,6 +24,7 @@ PNG copies go to ``<log_dir>/figures/``. In a config::
           init_args: {layers: [conv1, conv2, conv5], maps: 8}
 """
 
+from zflight.callbacks._common import CallbackConfigError
 from zflight.callbacks.dissection import UnitLabels
 from zflight.callbacks.evolution import PAPER_EPOCHS, FeatureEvolution
 from zflight.callbacks.explanations import ExplanationScores
@@ -39,6 +42,7 @@ __all__ = [
     "ExplanationScores",
     "UnitLabels",
     "RandomState",
+    "CallbackConfigError",
     "PAPER_EPOCHS",
     "PAPER_LAYERS",
 ]

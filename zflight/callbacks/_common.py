@@ -78,9 +78,7 @@ class _LayerEpochCallback(_EpochEndCallback):
     epochs: list[int] | None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        model = _target_model(pl_module)
-        for name in self.layers:
-            resolve_layer(model, name)  # fail now, with the close names, not after an epoch
+        _check_model_layers(self, _target_model(pl_module), self.layers)
 
     def _wanted(self, epoch: int) -> bool:
         return self.epochs is not None and epoch in self.epochs
@@ -90,6 +88,32 @@ class _LayerEpochCallback(_EpochEndCallback):
         if epoch >= 1 and epoch not in self._done_epochs:
             self._at_epoch(trainer, pl_module, epoch)
             self._done_epochs.append(epoch)
+
+
+class CallbackConfigError(ValueError):
+    """A callback's configuration does not fit the run it was given (a layer the network lacks).
+
+    Raised at ``setup``, before the first training step, with one line that names the callback
+    and the offending value; ``python -m zflight fit`` prints that line as its error.
+    """
+
+
+def _check_model_layers(callback: Callback, model: nn.Module, layers: Sequence[str]) -> None:
+    """Resolve every name in ``layers`` in ``model``, or raise one line naming the callback and the layer.
+
+    Called at ``setup``: a config naming a layer the network lacks fails before training starts,
+    not at the first scheduled epoch.
+
+    Raises:
+        CallbackConfigError: ``FeatureEvolution: layer='conv9' is not a module of ZFNet; did
+            you mean ...?``
+    """
+    for name in layers:
+        try:
+            resolve_layer(model, name)
+        except ValueError as err:
+            raise CallbackConfigError(f"{type(callback).__name__}: {err}") from None
+
 
 def _target_model(pl_module: LightningModule) -> nn.Module:
     """The network inside the LightningModule (``.model`` for zflight's ImageClassifier)."""

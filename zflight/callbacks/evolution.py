@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from zflight.attribution._layers import resolve_layer
 from zflight.analysis.topk import top_activation_crops, top_activations
 from zflight.callbacks._common import (
     Maps,
@@ -21,6 +20,7 @@ from zflight.callbacks._common import (
     _check_int,
     _check_layers,
     _check_maps,
+    _check_model_layers,
     _choose_maps,
     _EpochEndCallback,
     _figure_dir,
@@ -71,12 +71,15 @@ class FeatureEvolution(_EpochEndCallback):
         probe_size: training images searched for each map's strongest activation (a fixed
             random subset); ``None`` for the whole training set, as the paper does.
         batch_size: images per forward pass while searching.
+        num_workers: DataLoader worker processes reading the probe images (0: read in the
+            training process; more for a large probe set, above all from JPEG folders).
         tile: side of each tile in pixels.
         seed: seed of the random choices (maps, probe images) and of augmentations while reading.
         final: add a column for the last epoch at the end of training if it had none.
 
     Raises:
-        ValueError: a bad argument; the message names it.
+        ValueError: a bad argument; the message names it. At setup, a layer the network lacks
+            (:class:`~zflight.callbacks.CallbackConfigError`, naming the callback and the layer).
 
     Example:
         >>> trainer = Trainer(max_epochs=10, callbacks=[FeatureEvolution(layers=["conv1", "conv5"])])  # doctest: +SKIP
@@ -89,6 +92,7 @@ class FeatureEvolution(_EpochEndCallback):
         epochs: list[int] = list(PAPER_EPOCHS),
         probe_size: int | None = 512,
         batch_size: int = 64,
+        num_workers: int = 0,
         tile: int = 48,
         seed: int = 0,
         final: bool = True,
@@ -102,14 +106,17 @@ class FeatureEvolution(_EpochEndCallback):
         self.epochs = checked
         _check_int("probe_size", probe_size, 1, allow_none=True)
         _check_int("batch_size", batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
         _check_int("tile", tile, 4)
         _check_int("seed", seed, 0)
         self.probe_size, self.batch_size, self.tile, self.seed = probe_size, batch_size, tile, seed
+        self.num_workers = num_workers
         self.final = bool(final)
         self._channels: dict[str, list[int]] = {}
-        # One entry per column, in order: (epoch, {layer: [maps, 3, tile, tile]}), the raw
-        # projections in float16 (the display rule is applied when drawing, so every picture
-        # of them follows the one rule); uint8 display tiles in checkpoints from before.
+        # One entry per column, in order: (epoch, {layer: [maps, 3, tile, tile]}), the
+        # projections in float16, each scaled to a peak of 1 (the display rule is applied when
+        # drawing, so every picture of them follows the one rule); uint8 display tiles in
+        # checkpoints from before.
         self._columns: list[tuple[int, dict[str, torch.Tensor]]] = []
 
     @property
@@ -117,9 +124,7 @@ class FeatureEvolution(_EpochEndCallback):
         return self._generate_state_key(layers=tuple(self.layers), seed=self.seed)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        model = _target_model(pl_module)
-        for name in self.layers:
-            resolve_layer(model, name)  # fail now, with close names, not after an epoch
+        _check_model_layers(self, _target_model(pl_module), self.layers)  # now, not at epoch 1
 
     def _wanted(self, epoch: int) -> bool:
         return epoch in self.epochs
@@ -149,13 +154,13 @@ class FeatureEvolution(_EpochEndCallback):
             # projects (a few images), so that every rank holds the same state.
             tops = top_activations(
                 model, probe, self.layers, k=1, channels=self._channels,
-                batch_size=self.batch_size, progress=False,
+                batch_size=self.batch_size, num_workers=self.num_workers, progress=False,
             )
             for name in self.layers:
                 projections, _ = top_activation_crops(
                     model, probe, tops[name], tile=self.tile, batch_size=self.batch_size
                 )
-                column[name] = projections[:, 0].detach().cpu().to(torch.float16)
+                column[name] = _storable(projections[:, 0])
         self._columns.append((epoch, column))
 
     def _publish(self, trainer: Trainer, tensorboard: bool = True) -> None:
@@ -221,6 +226,18 @@ class FeatureEvolution(_EpochEndCallback):
             (int(e), {name: cols[name][i] for name in self.layers})
             for i, e in enumerate(state_dict["column_epochs"])
         ]
+
+
+def _storable(projections: torch.Tensor) -> torch.Tensor:
+    """Each projection ``[..., 3, h, w]`` divided by its own largest ``|value|``, in float16.
+
+    The display rule scales every projection on its own, so the picture is unchanged; without
+    the scaling, float16 would round to zero the deep layers' projections of a network at the
+    paper's N(0, 1e-2) start (1e-8 and below at 224 px), and the first epochs' tiles would be gray.
+    """
+    x = projections.detach().float().cpu()
+    peak = x.abs().amax(dim=(-3, -2, -1), keepdim=True)
+    return (x / peak.clamp_min(torch.finfo(torch.float32).tiny)).to(torch.float16)
 
 
 def _displayed(column: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from zflight.callbacks._common import _check_int
+from zflight.callbacks._common import (
+    CallbackConfigError,
+    _check_int,
+    _check_model_layers,
+    _figure_dir,
+)
 
 __all__ = ["OcclusionFigures"]
 
@@ -48,7 +53,9 @@ class OcclusionFigures(Callback):
         batch_size: occluded images per forward pass.
 
     Raises:
-        ValueError: a bad argument (the message names it).
+        ValueError: a bad argument (the message names it); at setup
+            (:class:`~zflight.callbacks.CallbackConfigError`), a ``layer`` the network lacks or
+            ``indices`` outside the validation set.
 
     Example:
         >>> trainer = Trainer(callbacks=[OcclusionFigures(every_n_epochs=5, indices=[0, 1])])  # doctest: +SKIP
@@ -86,6 +93,22 @@ class OcclusionFigures(Callback):
         self.fill = float(fill)
         self.batch_size = batch_size
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Check now what would otherwise fail at the first drawing epoch (epoch 10, say).
+        if self.layer is not None:
+            _check_model_layers(self, getattr(pl_module, "model", pl_module), [self.layer])
+        dm = getattr(trainer, "datamodule", None)
+        dataset = getattr(dm, "val_dataset", None) if dm is not None else None
+        if dataset is not None:  # set up by now; plain dataloaders are checked when first drawn
+            self._check_indices(dataset)
+
+    def _check_indices(self, dataset: Any) -> None:
+        bad = [i for i in self.indices if i >= len(dataset)]
+        if bad:
+            raise CallbackConfigError(
+                f"OcclusionFigures: indices {bad} are outside the validation set (it has {len(dataset)} images)"
+            )
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
@@ -94,21 +117,18 @@ class OcclusionFigures(Callback):
         epoch = trainer.current_epoch + 1
         if epoch % self.every_n_epochs != 0:
             return
+        folder = _figure_dir(trainer)  # every rank: trainer.log_dir broadcasts from rank 0
         if trainer.is_global_zero:
-            self._draw(trainer, pl_module, epoch)
+            self._draw(trainer, pl_module, epoch, folder)
         trainer.strategy.barrier("OcclusionFigures")
 
     # ------------------------------------------------------------------------------- internals
-    def _draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+    def _draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int, folder: Path) -> None:
         from zflight.analysis.occlusion import default_geometry, occlusion_analysis
         from zflight.figures import figure_to_tensor, occlusion_figure, save_figure
 
         dataset = _validation_dataset(trainer)
-        bad = [i for i in self.indices if i >= len(dataset)]
-        if bad:
-            raise ValueError(
-                f"indices {bad} are outside the validation set (it has {len(dataset)} images)"
-            )
+        self._check_indices(dataset)
         items = [dataset[i] for i in self.indices]
         images = torch.stack([x for x, *_ in items]).to(pl_module.device)
         targets = [int(y) for _, y, *_ in items]
@@ -127,7 +147,6 @@ class OcclusionFigures(Callback):
         )
         display = _display(dataset, images.cpu())
         class_names = getattr(dataset, "classes", None) or getattr(trainer.datamodule, "classes", None)
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
         maps = maps.to("cpu")
         for k, index in enumerate(self.indices):
             fig = occlusion_figure(

@@ -32,11 +32,13 @@ from torch import nn
 from zflight.attribution._layers import resolve_layer
 from zflight.analysis.topk import top_activation_crops, top_activations
 from zflight.callbacks._common import (
+    CallbackConfigError,
     _analysis_mode,
     _check_epochs,
     _check_int,
     _check_layers,
     _check_maps,
+    _check_model_layers,
     _choose_maps,
     _EpochEndCallback,
     _figure_dir,
@@ -87,12 +89,15 @@ class TopActivationPanels(_LayerEpochCallback):
         max_images: mine only this many images of the split (a fixed random subset);
             ``None`` for all of them.
         batch_size: images per forward pass while mining.
+        num_workers: DataLoader worker processes reading the images while mining (0: read in
+            the training process; more for JPEG folders, which decode slowly).
         tile: side of each projection and patch in the panel, in pixels.
         maps_per_row: feature-map cells per row of a panel.
         seed: seed of the random choices (maps, subset) and of augmentations while reading.
 
     Raises:
-        ValueError: a bad argument; the message names it.
+        ValueError: a bad argument; the message names it. At setup, a layer the network lacks
+            (:class:`~zflight.callbacks.CallbackConfigError`, naming the callback and the layer).
 
     Example:
         >>> trainer = Trainer(callbacks=[TopActivationPanels(layers=["conv1", "conv5"], maps=8)])  # doctest: +SKIP
@@ -107,6 +112,7 @@ class TopActivationPanels(_LayerEpochCallback):
         split: Literal["val", "train"] = "val",
         max_images: int | None = None,
         batch_size: int = 64,
+        num_workers: int = 0,
         tile: int = 48,
         maps_per_row: int = 4,
         seed: int = 0,
@@ -120,11 +126,13 @@ class TopActivationPanels(_LayerEpochCallback):
             raise ValueError(f"split must be 'val' or 'train', got {split!r}")
         _check_int("max_images", max_images, 1, allow_none=True)
         _check_int("batch_size", batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
         _check_int("tile", tile, 4)
         _check_int("maps_per_row", maps_per_row, 1)
         _check_int("seed", seed, 0)
         self.k, self.split, self.max_images = k, split, max_images
         self.batch_size, self.tile, self.maps_per_row, self.seed = batch_size, tile, maps_per_row, seed
+        self.num_workers = num_workers
         self._channels: dict[str, list[int]] = {}
 
     @property
@@ -143,7 +151,7 @@ class TopActivationPanels(_LayerEpochCallback):
             # All layers in one pass over the data; a collective under DDP: every rank.
             tops = top_activations(
                 model, dataset, self.layers, k=self.k, channels=self._channels,
-                batch_size=self.batch_size, progress=False,
+                batch_size=self.batch_size, num_workers=self.num_workers, progress=False,
             )
             if not trainer.is_global_zero:
                 return
@@ -182,7 +190,8 @@ class FilterGrid(_EpochEndCallback):
         nrow: filters per row; ``None`` for a near-square grid.
 
     Raises:
-        ValueError: a bad argument; at setup, a layer that is not a conv with 1 or 3 inputs.
+        ValueError: a bad argument; at setup (:class:`~zflight.callbacks.CallbackConfigError`),
+            a layer the network lacks or that is not a conv with 1 or 3 inputs.
 
     Example:
         >>> trainer = Trainer(callbacks=[FilterGrid("conv1")])  # doctest: +SKIP
@@ -201,12 +210,14 @@ class FilterGrid(_EpochEndCallback):
         return self._generate_state_key(layer=self.layer)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        _, module = resolve_layer(_target_model(pl_module), self.layer)
+        model = _target_model(pl_module)
+        _check_model_layers(self, model, [self.layer])
+        _, module = resolve_layer(model, self.layer)
         weight = getattr(module, "weight", None)
         if not isinstance(module, nn.Conv2d) or weight is None or weight.shape[1] not in (1, 3):
-            raise ValueError(
-                f"layer={self.layer!r} must be a Conv2d with 1 or 3 input channels (a first "
-                f"layer), got {type(module).__name__}"
+            raise CallbackConfigError(
+                f"FilterGrid: layer={self.layer!r} must be a Conv2d with 1 or 3 input channels (a "
+                f"first layer), got {type(module).__name__}"
                 + (f" with weight {tuple(weight.shape)}" if weight is not None else "")
             )
 

@@ -541,14 +541,16 @@ def safe_name(stem: str) -> str:
 
 # ---------------------------------------------------------------------- any model, any images
 def source_arguments(parser: argparse.ArgumentParser, *, images: str | None = "folder",
-                     ckpt_help: str | None = None) -> None:
+                     ckpt_help: str | None = None, class_names: bool = True) -> None:
     """Add the options that name a model (exactly one of ``--ckpt_path``, ``--model``) and images.
 
     Model: ``--ckpt_path`` (a zflight checkpoint) or ``--model`` (a torchvision name,
     ``timm:NAME`` or ``package.module:attr``) with ``--weights``, ``--checkpoint`` and
     ``--model_args``. Images (unless ``images`` is ``None``): ``--images`` (a folder; with
     ``images="files"`` also image files), and the preprocessing options ``--resize``,
-    ``--image_size``, ``--mean``, ``--std``, plus ``--classes``. See :func:`load_sources`.
+    ``--image_size``, ``--mean``, ``--std``, plus ``--classes`` (unless ``class_names`` is false:
+    a subcommand that uses no class names and has a ``--classes`` of its own). See
+    :func:`load_sources`.
     """
     group = parser.add_argument_group("the model (exactly one of --ckpt_path and --model)")
     which = group.add_mutually_exclusive_group(required=True)
@@ -563,8 +565,9 @@ def source_arguments(parser: argparse.ArgumentParser, *, images: str | None = "f
                             "a .safetensors file (read without running pickled code)")
     group.add_argument("--model_args", default=None,
                        help="keyword arguments for --model's builder, as a JSON object: '{\"num_classes\": 10}'")
-    group.add_argument("--classes", default=None,
-                       help="a file of class names, one per line, in the model's output order")
+    if class_names:
+        group.add_argument("--classes", default=None,
+                           help="a file of class names, one per line, in the model's output order")
     if images is None:
         return
     pics = parser.add_argument_group("the images (default: those of --ckpt_path's data set)")
@@ -603,7 +606,8 @@ def load_sources(args: argparse.Namespace, *, split: str = "val", images: bool =
                   "mean": getattr(args, "mean", None), "std": getattr(args, "std", None)}
     try:
         source = load_model(args.model, ckpt_path=args.ckpt_path, weights=args.weights,
-                            checkpoint=args.checkpoint, model_args=args.model_args, classes=args.classes,
+                            checkpoint=args.checkpoint, model_args=args.model_args,
+                            classes=getattr(args, "classes", None),
                             preprocess=preprocess)
     except (ValueError, FileNotFoundError) as err:
         raise AnalysisError(_flag_of(str(err))) from None

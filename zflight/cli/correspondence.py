@@ -16,16 +16,27 @@ Usage::
 writes ``correspondence.png`` (per class: an image with its masks, Δ per pair as bars with
 ± std) and ``correspondence.json`` (per class: the table, every draw, the images used).
 
-Image files have no known landmarks, so each comes with the center of the part to hide::
+Part landmarks are known only in the embedded data set. A checkpoint trained on it reads them;
+any other model (``--model``, :func:`zflight.cli._common.source_arguments`) or a checkpoint
+trained on a folder has none, and says so in one line: give image files with the center of the
+part to hide in each instead::
 
     python -m zflight correspondence --ckpt_path last.ckpt --out out/corr \\
         --images a.png b.png c.png --points 20,14 31,40 12,50 --part_name eye
+    python -m zflight correspondence --model resnet50 --weights DEFAULT --out out/corr \\
+        --images faces/ --points 100,80 96,90 110,84 --part_name eye
 
-``--points`` are ``X,Y`` pixel coordinates (column, row; from the top left) in the model's
-input, i.e. after :func:`~zflight.cli._common.load_image_files` has resized (and, for an
-image-folder data module, center-cropped) the file, one per file in order. The part masks are
-the squares of side ``--size`` that :func:`~zflight.analysis.correspondence.keypoint_masks`
-makes, centered on the points; the random rows are as for data set images.
+``--images`` are image files or a folder (its images in sorted order). ``--points`` are ``X,Y``
+pixel coordinates (column, row; from the top left) in the model's input, i.e. after the model's
+preprocessing has resized (shorter side) and centre-cropped the file, one per image in order.
+The part masks are the squares of side ``--size`` that
+:func:`~zflight.analysis.correspondence.keypoint_masks` makes, centered on the points; the random
+rows are as for data set images.
+
+The layers (``--layers`` names others): ``relu5`` and ``relu7`` in zflight's networks (the paper's
+layers 5 and 7); in any other model its last two default layers
+(:func:`zflight.sources.default_layers`, each resolution stage's output: ResNet ``layer3`` and
+``layer4``).
 """
 
 from __future__ import annotations
@@ -38,22 +49,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from zflight.analysis.correspondence import (
+    Correspondence,
+    correspondence,
+    keypoint_masks,
+)
 from zflight.cli._common import (
-    ArgumentParser,
-    subcommand_parser,
     AnalysisError,
+    ArgumentParser,
     check_out,
-    common_arguments,
-    embedded_dataset,
-    load_image_files,
-    load_network,
+    default_device,
+    layers_or_default,
+    load_sources,
     output_dir,
-    read_ckpt,
-    rebuild_data,
     run_cli,
+    source_arguments,
+    subcommand_parser,
     write_json,
 )
-from zflight.analysis.correspondence import Correspondence, correspondence, keypoint_masks
 from zflight.figures import save_figure
 
 __all__ = ["correspondence_figure", "main"]
@@ -122,17 +135,27 @@ def correspondence_figure(
     return fig
 
 
+# zflight's networks: the paper's layers 5 and 7.
+_PAPER_LAYERS = ["relu5", "relu7"]
+_LANDMARKS = ("--points X,Y (the part's center in each image, in pixels of the model's input)")
+
+
 def _parser() -> ArgumentParser:
     p = subcommand_parser(
         "correspondence",
         "Correspondence of object parts across images (Table 1): Δ for part and random masks.",
     )
-    common_arguments(p, indices=None, images=True)
+    # Its --classes name classes of the embedded data set; the model's class names are not used.
+    source_arguments(p, images="files", class_names=False)
+    p.add_argument("--out", required=True, help="output folder (written whole, or not at all)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="split of the embedded data set the images come from (default: val)")
     p.add_argument("--points", nargs="+", default=None, metavar="X,Y",
-                   help="with --images: the part's center in each file, in pixels of the model's input "
-                        "(after the resize of load_image_files), one per file")
+                   help="with --images: the part's center in each image, in pixels of the model's input "
+                        "(after its resize and centre crop), one per image")
     p.add_argument("--part_name", default=None, help="with --images: the part's name (default: part)")
-    p.add_argument("--classes", nargs="+", default=None,
+    p.add_argument("--classes", nargs="+", default=None, dest="shape_classes",
                    help="class names of the embedded data set, or 'all' (default: arrow)")
     p.add_argument("--parts", nargs="+", default=None,
                    help="landmarks to hide (default: every landmark of the class)")
@@ -142,11 +165,13 @@ def _parser() -> ArgumentParser:
     p.add_argument("--subset_size", type=int, default=None,
                    help="images per draw (default: 5, the paper's; with --images at most their number)")
     p.add_argument("--repeats", type=int, default=20, help="random draws for mean ± std")
-    p.add_argument("--layers", nargs="+", default=["relu5", "relu7"],
-                   help="layers (default: relu5 relu7, the paper's layers 5 and 7)")
+    p.add_argument("--layers", nargs="+", default=None,
+                   help="layers (default: relu5 relu7, the paper's layers 5 and 7, in zflight's networks; "
+                        "else the last two default layers)")
     p.add_argument("--fill", type=float, default=0.0, help="value of hidden pixels (0: data mean)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--device", default=None, help="torch device (default: cuda when there is one, else cpu)")
     return p
 
 
@@ -168,16 +193,23 @@ def main(argv: Sequence[str] | None = None) -> Path:
 def _run(args: argparse.Namespace) -> Path:
     if args.images is not None:
         return _run_files(args)
+    if args.model is not None:
+        raise AnalysisError(f"--model: correspondence needs part landmarks, which only the embedded shapes data "
+                            f"set has (a --ckpt_path trained on it); for {args.model}, give image files with "
+                            f"--images and {_LANDMARKS}")
     for flag in ("points", "part_name"):
         if getattr(args, flag) is not None:
             raise AnalysisError(f"--{flag} goes with --images (data set images use their known landmarks)")
-    args.classes = args.classes or ["arrow"]
+    args.shape_classes = args.shape_classes or ["arrow"]
     args.num_images = 20 if args.num_images is None else args.num_images
     args.subset_size = 5 if args.subset_size is None else args.subset_size
     check_out(args.out, args.overwrite)
-    model, hparams, data_hp = load_network(args.ckpt_path)
-    dataset = embedded_dataset(hparams, data_hp, args.split)
-    classes = list(dataset.classes) if args.classes == ["all"] else list(args.classes)
+    device = default_device(args.device)
+    source, _, _ = load_sources(args, images=False)
+    dataset = _embedded(source, args.split)
+    model = _to(source.model, device)
+    layers = _layers(args.layers, source)
+    classes = list(dataset.classes) if args.shape_classes == ["all"] else list(args.shape_classes)
     unknown = [c for c in classes if c not in dataset.classes]
     if unknown:
         raise AnalysisError(f"--classes: {unknown[0]!r} is not a class; the classes are {', '.join(dataset.classes)}")
@@ -205,7 +237,7 @@ def _run(args: argparse.Namespace) -> Path:
             raise AnalysisError(f"--parts: {cls!r} has no landmark {missing[0]!r}; it has {', '.join(landmarks)}")
         masks = {p: keypoint_masks(dataset, indices, p, size) for p in parts}
         images = torch.stack([dataset[i][0] for i in indices])
-        res = correspondence(model, images, masks, layers=args.layers, fill=args.fill,
+        res = correspondence(model, images, masks, layers=layers, fill=args.fill,
                              subset_size=args.subset_size, repeats=args.repeats, seed=args.seed,
                              batch_size=args.batch_size)
         results[cls] = res
@@ -218,8 +250,8 @@ def _run(args: argparse.Namespace) -> Path:
     fig = correspondence_figure(results, displays, shown_masks)
     with output_dir(args.out, overwrite=args.overwrite) as tmp:
         save_figure(fig, tmp / "correspondence.png")
-        write_json({"ckpt_path": str(args.ckpt_path), "split": args.split, "classes": record},
-                   tmp / "correspondence.json")
+        write_json({"ckpt_path": str(args.ckpt_path), "model": source.facts(), "split": args.split,
+                    "layers": layers, "classes": record}, tmp / "correspondence.json")
     print(f"\nzflight correspondence: wrote {Path(args.out) / 'correspondence.png'} and correspondence.json")
     return Path(args.out)
 
@@ -248,16 +280,22 @@ class _Points:
 
 
 def _run_files(args: argparse.Namespace) -> Path:
-    """``--images`` with ``--points``: one part, centered on a given point in each file."""
-    for flag in ("classes", "parts", "num_images"):
-        if getattr(args, flag) is not None:
+    """``--images`` with ``--points``: one part, centered on a given point in each image."""
+    for option, flag in (("shape_classes", "classes"), ("parts", "parts"), ("num_images", "num_images")):
+        if getattr(args, option) is not None:
             raise AnalysisError(f"--{flag} goes with data set images; with --images every file is used "
                                 "and --points gives the part")
-    n = len(args.images)
+    part = args.part_name if args.part_name is not None else "part"
+    if not part.strip() or part == "random":
+        raise AnalysisError(f"--part_name: {part!r} cannot name a part (nor 'random', the random row)")
+    check_out(args.out, args.overwrite)
+    device = default_device(args.device)
+    source, dataset, _ = load_sources(args)
+    n = len(dataset)
     if n < 2:
         raise AnalysisError(f"--images: give at least 2 image files to compare, got {n}")
     if args.points is None:
-        raise AnalysisError("--points: give the part's center X,Y in each --images file (image files "
+        raise AnalysisError(f"--points: give the part's center X,Y in each of the {n} --images (image files "
                             "have no known landmarks)")
     if len(args.points) != n:
         raise AnalysisError(f"--points: one X,Y per --images file ({n}), got {len(args.points)}")
@@ -265,36 +303,31 @@ def _run_files(args: argparse.Namespace) -> Path:
     subset_size = min(5, n) if args.subset_size is None else args.subset_size
     if not 2 <= subset_size <= n:
         raise AnalysisError(f"--subset_size must be in 2..{n} (the number of --images files), got {subset_size}")
-    part = args.part_name if args.part_name is not None else "part"
-    if not part.strip() or part == "random":
-        raise AnalysisError(f"--part_name: {part!r} cannot name a part (nor 'random', the random row)")
-    check_out(args.out, args.overwrite)
-    module, dm_hparams = read_ckpt(args.ckpt_path)
-    model = module.model.eval()
-    image_size = int(module.hparams.get("image_size", 64))
-    datamodule = rebuild_data(dm_hparams, image_size)
-    images, shown, _ = load_image_files(args.images, datamodule, image_size)
-    h, w = images.shape[-2:]
-    if h != w:
-        raise AnalysisError(f"--images: the model's input is {w}x{h}, not square; part masks need a square input")
-    for f, v, (x, y) in zip(args.images, args.points, points):
-        if not (0 <= x < w and 0 <= y < h):
-            raise AnalysisError(f"--points: {v} is outside the {w}x{h} model input of {f} "
-                                f"(x in [0, {w}), y in [0, {h}))")
-    size = args.size if args.size is not None else max(1, h // 5)
-    if not 1 <= size <= h:
-        raise AnalysisError(f"--size must be in 1..{h} (the image side), got {size}")
-    masks = {part: keypoint_masks(_Points(part, points), range(n), part, size, image_size=h)}
-    res = correspondence(model, images, masks, layers=args.layers, fill=args.fill, subset_size=subset_size,
+    side = source.image_size
+    for i, (v, (x, y)) in enumerate(zip(args.points, points)):
+        if not (0 <= x < side and 0 <= y < side):
+            raise AnalysisError(f"--points: {v} is outside the {side}x{side} model input of {dataset.name(i)} "
+                                f"(x in [0, {side}), y in [0, {side}))")
+    size = args.size if args.size is not None else max(1, side // 5)
+    if not 1 <= size <= side:
+        raise AnalysisError(f"--size must be in 1..{side} (the image side), got {size}")
+    layers = _layers(args.layers, source)
+    model = _to(source.model, device)
+    images = torch.stack([dataset[i][0] for i in range(n)])
+    masks = {part: keypoint_masks(_Points(part, points), range(n), part, size, image_size=side)}
+    res = correspondence(model, images, masks, layers=layers, fill=args.fill, subset_size=subset_size,
                          repeats=args.repeats, seed=args.seed, batch_size=args.batch_size)
     title = "image files"
-    fig = correspondence_figure({title: res}, {title: shown[0]}, {title: {part: masks[part][0]}})
+    shown = dataset.denormalize(images[0])
+    fig = correspondence_figure({title: res}, {title: shown}, {title: {part: masks[part][0]}})
     record = {
-        "ckpt_path": str(args.ckpt_path),
-        "images": [str(Path(f)) for f in args.images],
+        "ckpt_path": str(args.ckpt_path) if args.ckpt_path is not None else None,
+        "model": source.facts(),
+        "images": [str(f) for f in dataset.files],
         "points": [list(pt) for pt in points],
         "part_name": part,
         "size": size,
+        "layers": layers,
         "table": res.table(),
         "table_per_pair": res.table(per_pair=True),
         **res.to_dict(),
@@ -306,3 +339,41 @@ def _run_files(args: argparse.Namespace) -> Path:
         write_json(record, tmp / "correspondence.json")
     print(f"\nzflight correspondence: wrote {Path(args.out) / 'correspondence.png'} and correspondence.json")
     return Path(args.out)
+
+
+def _embedded(source: Any, split: str) -> Any:
+    """The embedded data set a zflight checkpoint was trained on; one line when it was not."""
+    from zflight.sources import default_dataset
+
+    data_hp = source.data_hp
+    class_path = str(data_hp.get("_class_path", "zflight.data.ShapesDataModule"))
+    where = data_hp.get("root") or data_hp.get("data_dir") or data_hp.get("train_dir")
+    if where or not class_path.endswith("ShapesDataModule"):
+        raise AnalysisError(f"--ckpt_path: the checkpoint was trained on {where or class_path.rsplit('.', 1)[-1]}, "
+                            f"whose images have no part landmarks; give image files with --images and {_LANDMARKS}")
+    return default_dataset(source, split)
+
+
+def _layers(given: Sequence[str] | None, source: Any) -> list[str]:
+    """``--layers`` (checked), else the paper's layers 5 and 7 in zflight's networks, else the
+    model's last two default layers (printed)."""
+    from zflight.attribution import resolve_layer
+
+    if given:
+        return layers_or_default(given, source)
+    try:
+        for name in _PAPER_LAYERS:
+            resolve_layer(source.model, name)
+        layers, why = list(_PAPER_LAYERS), "the paper's layers 5 and 7"
+    except ValueError:
+        layers = layers_or_default(None, source, quiet=True)[-2:]
+        why = "the last two default layers (each resolution stage's output)"
+    print(f"layers: {' '.join(layers)} ({why}; name others with --layers)", flush=True)
+    return layers
+
+
+def _to(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    try:
+        return model.to(device)
+    except (RuntimeError, AssertionError) as err:  # e.g. "Torch not compiled with CUDA enabled"
+        raise AnalysisError(f"--device: cannot use {device}: {err}".splitlines()[0]) from None

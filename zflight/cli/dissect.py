@@ -5,55 +5,76 @@ Usage::
     python -m zflight dissect --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt \\
         --out out/dissect [--layers conv1 conv2 conv3 conv4 conv5] [--num_images N] \\
         [--split val] [--concepts PATH] [--quantile 0.005] [--iou_threshold 0.04] \\
-        [--units 8] [--examples 4] [--batch_size 64] [--device cpu] [--overwrite]
+        [--units 8] [--examples 4] [--batch_size 64] [--workers N] [--device cpu] [--overwrite]
+    python -m zflight dissect --model resnet18 --weights DEFAULT --concepts broden1_224 \\
+        --layers layer3 layer4 [--categories object part scene texture color material] --out out/r18
 
-Every unit of ``--layers`` is scored against the pixel-labelled concepts of the first
-``--num_images`` images (default: all) of the checkpoint's embedded data set (``--split``;
-objects, colours, parts, distractors, background: :meth:`zflight.data.ShapesDataset.concept_masks`),
-or of a :class:`~zflight.data.ConceptFolder` (``--concepts PATH``: ``PATH/images/<name>.png``
-and ``PATH/masks/<concept>/<name>.png``, resized to the model's image size and normalized as
-the checkpoint's data module normalizes). :func:`zflight.analysis.dissection.dissect` does the
-scoring; the rule is Bau et al.'s exactly.
+The model: ``--ckpt_path`` (a zflight checkpoint) or ``--model`` (a torchvision name,
+``timm:NAME`` or ``package.module:attr``, with ``--weights``, ``--checkpoint``,
+``--model_args``; :func:`zflight.cli._common.source_arguments`). Every unit of ``--layers``
+(default: conv1-conv5 of a zflight checkpoint, each resolution stage's output of another model)
+is scored against the pixel-labelled concepts of the first ``--num_images`` images (default:
+all) of:
+
+- a Broden folder (``--concepts PATH`` holding ``index.csv``, as NetDissect's script downloads
+  it: :class:`~zflight.data.BrodenDataset`), images at their stored size and normalized with
+  the model's mean and std, masks at the segmentation size, ``--categories`` (default: all);
+  each concept is scored over the images that annotate its category (Network Dissection's rule);
+- a :class:`~zflight.data.ConceptFolder` (``--concepts PATH``: ``PATH/images/<name>.png``
+  and ``PATH/masks/<concept>/<name>.png``), resized to the model's image size and normalized
+  with its mean and std;
+- else the checkpoint's embedded data set (``--split``; objects, colours, parts, distractors,
+  background: :meth:`zflight.data.ShapesDataset.concept_masks`).
+
+:func:`zflight.analysis.dissection.dissect` does the scoring; the rule is Bau et al.'s exactly.
+Under ``torchrun`` each process dissects its shard and rank 0 writes.
 
 Written into ``--out`` (all at once, or nothing on failure):
 
 - ``dissection.json``: :meth:`Dissection.to_json` (every unit's IoU with every concept, its
   threshold, label and whether it is a detector), plus ``summary`` (detectors and unique
-  concepts per layer and per concept family) and ``source`` (checkpoint, images, settings).
+  concepts per layer and per category) and ``source`` (model, images, settings).
   ``python -m zflight visualize --dissection`` and ``report --dissection`` read it;
-- ``dissection.md``: per layer, the detectors and unique concepts (per family), and the
-  ``--units`` units of largest IoU with their label and IoU (also printed);
+- ``tally.csv``: NetDissect's tally, one row per unit of every layer by descending score:
+  ``layer, unit, category, label, score``, then ``<category>-label, <category>-iou`` for each
+  category (the unit's best concept there); units count from 0;
+- ``counts.csv``: Bau et al.'s count table, ``layer, category, units, detectors,
+  unique_concepts`` (a row ``all`` per layer);
+- ``dissection.md``: the same table, and the ``--units`` units of largest IoU with their label
+  and IoU (also printed);
 - ``dissect_<layer>.png``: Bau et al.'s Fig. 2 for those units: each unit's ``--examples``
   most activating images, with its mask ``M_k`` (the upsampled map above the unit's
-  threshold) outlined and the rest dimmed, captioned ``conv5 unit 12 · object/ring 0.21``.
+  threshold, at the size it was scored) outlined and the rest dimmed, captioned
+  ``conv5 unit 12 · object/ring 0.21``.
 
 Bad input ends with one ``error:`` line naming the option, exit status 2, and nothing in
 ``--out``: an unknown layer (with the close names), ``--quantile`` outside (0, 1), a data set
-without concept masks, masks of another size than their image, an empty data set,
-``--num_images`` larger than the data set.
+without concept masks, masks of another size than their image (or than ``sh x sw`` in Broden),
+a Broden folder without ``index.csv``'s companions (naming the file), a missing label PNG
+(naming it and its ``index.csv`` line), an unknown ``--categories`` name (listing the valid
+ones), an empty data set, ``--num_images`` larger than the data set.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from zflight.cli._common import (
     AnalysisError,
     ArgumentParser,
     check_out,
-    common_arguments,
-    data_mean_std,
-    embedded_dataset,
-    read_ckpt,
+    default_device,
+    layers_or_default,
+    load_sources,
     output_dir,
-    rebuild_data,
+    process_rank,
     run_cli,
     safe_name,
+    source_arguments,
     subcommand_parser,
     write_json,
 )
@@ -61,6 +82,9 @@ from zflight.cli._common import (
 __all__ = ["main"]
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+# DataLoader workers that read a Broden folder's label PNGs by default (decoding them can cost
+# more than the forward pass of a small layer).
+BRODEN_WORKERS = 4
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -86,16 +110,24 @@ def _parser() -> ArgumentParser:
     p = subcommand_parser(
         "dissect",
         "Network Dissection: label every unit of the chosen layers with the concept (object, "
-        "colour, part, ...) its thresholded activation overlaps best, and draw the best units.",
+        "part, scene, texture, colour, material, ...) its thresholded activation overlaps best, "
+        "on Broden, a concept folder or the embedded data set, and draw the best units.",
     )
-    common_arguments(p, indices=None)
-    p.add_argument("--layers", nargs="+", default=list(LAYERS),
-                   help="layers to dissect (default: conv1 … conv5)")
+    source_arguments(p, images=None)
+    p.add_argument("--out", required=True, help="output folder (written whole, or not at all)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="split of the checkpoint's embedded data set, without --concepts (default: val)")
+    p.add_argument("--layers", nargs="+", default=None,
+                   help="layers to dissect (default: conv1 … conv5 of a zflight checkpoint, else each "
+                        "resolution stage's output)")
     p.add_argument("--num_images", type=int, default=None,
                    help="dissect the first N images (default: all of the split or folder)")
     p.add_argument("--concepts", default=None,
-                   help="a ConceptFolder (PATH/images/<name>.png, PATH/masks/<concept>/<name>.png) "
-                        "instead of the embedded data set")
+                   help="a Broden folder (holding index.csv) or a ConceptFolder (PATH/images/<name>.png, "
+                        "PATH/masks/<concept>/<name>.png) instead of the embedded data set")
+    p.add_argument("--categories", nargs="+", default=None,
+                   help="Broden categories to score (default: all of category.csv)")
     p.add_argument("--quantile", type=float, default=0.005,
                    help="top fraction of each unit's activations inside its mask, in (0, 1) (default 0.005)")
     p.add_argument("--iou_threshold", type=float, default=0.04,
@@ -104,7 +136,11 @@ def _parser() -> ArgumentParser:
                    help="units of largest IoU listed per layer and drawn (default 8)")
     p.add_argument("--examples", type=int, default=4, help="images per drawn unit (default 4)")
     p.add_argument("--batch_size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"DataLoader workers reading images and masks (default: {BRODEN_WORKERS} for a "
+                        "Broden folder, else 0)")
+    p.add_argument("--device", default=None,
+                   help="torch device (default: this rank's GPU under torchrun, else cuda if any, else cpu)")
     return p
 
 
@@ -117,26 +153,27 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise AnalysisError(f"--{name} must be >= 1, got {value}")
-    # Checked here too (dissect checks them after the checkpoint is read and the data is built).
+    if args.workers is not None and args.workers < 0:
+        raise AnalysisError(f"--workers must be >= 0, got {args.workers}")
+    # Checked here too (dissect checks them after the model is read and the data is built).
     if not 0.0 < args.quantile < 1.0:
         raise AnalysisError(f"--quantile must be in (0, 1), both ends excluded, got {args.quantile}")
     if not 0.0 <= args.iou_threshold <= 1.0:
         raise AnalysisError(f"--iou_threshold must be in [0, 1], got {args.iou_threshold}")
     out = check_out(args.out, args.overwrite)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise AnalysisError(f"--device: {err}") from None
-    module, dm_hp = read_ckpt(args.ckpt_path)
-    model = module.model.eval()
-    hparams = dict(module.hparams)
-    dataset, source = _dataset(args, hparams, dm_hp)
+    device = default_device(args.device)
+    source, _, _ = load_sources(args, images=False)
+    model = source.model.eval()
+    if args.layers is None and source.kind == "zflight":
+        args.layers = list(LAYERS)
+    layers = layers_or_default(args.layers, source)
+    dataset, described, broden = _dataset(args, source)
     flag = "--concepts" if args.concepts else "--split"
     n = len(dataset) if args.num_images is None else args.num_images
     if len(dataset) == 0:
         raise AnalysisError(f"{flag}: the data set is empty: there are no images to dissect")
     if n > len(dataset):
-        raise AnalysisError(f"--num_images: {n} is larger than the data set ({len(dataset)} images, {source})")
+        raise AnalysisError(f"--num_images: {n} is larger than the data set ({len(dataset)} images, {described})")
     if n < len(dataset):
         dataset = ConceptSubset(dataset, range(n))
     try:
@@ -148,16 +185,19 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         model = model.to(device)
     except (RuntimeError, AssertionError) as err:  # e.g. "Torch not compiled with CUDA enabled"
-        raise AnalysisError(f"--device: cannot use {args.device}: {err}".splitlines()[0]) from None
+        raise AnalysisError(f"--device: cannot use {device}: {err}".splitlines()[0]) from None
 
+    workers = args.workers if args.workers is not None else (BRODEN_WORKERS if broden else 0)
     try:
-        result = dissect(model, dataset, args.layers, quantile=args.quantile,
-                         iou_threshold=args.iou_threshold, batch_size=args.batch_size, progress=True)
-    except (ValueError, OSError) as err:  # OSError: UnreadableImageError names the file
+        result = dissect(model, dataset, layers, quantile=args.quantile, iou_threshold=args.iou_threshold,
+                         batch_size=args.batch_size, num_workers=workers, progress=True)
+    except (ValueError, OSError) as err:  # OSError: a missing or unreadable file, named
         message = str(err)
         # The data set's errors (a mask of another size, an unreadable file, a missing
         # concept_masks) are about what --concepts or --split named.
-        if message.startswith(("dataset", "mask", "cannot read", "images")) or isinstance(err, OSError):
+        if message.startswith(("dataset", "mask", "cannot read", "images", "label", "index.csv")) or isinstance(
+            err, OSError
+        ):
             raise AnalysisError(f"{flag}: {message}") from None
         raise
     units = {key: [u["unit"] for u in result.top_units(key, args.units)] for key in result.layers}
@@ -168,62 +208,110 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         **result.to_json(),
         "summary": summary,
         "top_units": {key: result.top_units(key, args.units) for key in result.layers},
-        "source": {"checkpoint": str(Path(args.ckpt_path)), "images": source, "num_images": n},
+        "source": {"model": source.facts()["model"], "images": described, "num_images": n,
+                   "preprocessing": source.preprocess.describe()},
     }
     markdown = _markdown(result, document)
-    with output_dir(out, overwrite=args.overwrite) as tmp:
-        for key, ex in examples.items():
-            s = summary[key]
-            title = (f"{key}: {s['detectors']} of {s['units']} units detect a concept (IoU > "
-                     f"{result.iou_threshold:g}), {s['unique_concepts']} unique; top {len(ex.units)} by IoU")
-            save_png(dissection_panel(ex, title=title), tmp / f"dissect_{safe_name(key)}.png")
-        write_json(document, tmp / "dissection.json")
-        (tmp / "dissection.md").write_text(markdown + "\n")
-    print(markdown)
-    print(f"wrote dissection.json, dissection.md and {len(examples)} PNG(s) to {out}")
+    if process_rank() == 0:
+        with output_dir(out, overwrite=args.overwrite) as tmp:
+            for key, ex in examples.items():
+                s = summary[key]
+                title = (f"{key}: {s['detectors']} of {s['units']} units detect a concept (IoU > "
+                         f"{result.iou_threshold:g}), {s['unique_concepts']} unique; top {len(ex.units)} by IoU")
+                save_png(dissection_panel(ex, title=title), tmp / f"dissect_{safe_name(key)}.png")
+            write_json(document, tmp / "dissection.json")
+            _write_tally(result, tmp / "tally.csv")
+            _write_counts(summary, tmp / "counts.csv")
+            (tmp / "dissection.md").write_text(markdown + "\n")
+        print(markdown)
+        print(f"wrote dissection.json, tally.csv, counts.csv, dissection.md and {len(examples)} PNG(s) to {out}")
     return document
 
 
-def _dataset(args: argparse.Namespace, hparams: dict[str, Any], dm_hp: dict[str, Any]) -> tuple[Any, str]:
-    """The images with concept masks, and a line saying where they come from."""
-    image_size = int(hparams.get("image_size", 64))
+def _dataset(args: argparse.Namespace, source: Any) -> tuple[Any, str, bool]:
+    """The images with concept masks, a line saying where they come from, and whether Broden."""
+    from zflight.data.broden import BrodenDataset, is_broden
+
+    mean, std = source.preprocess.mean, source.preprocess.std
+    if args.concepts is not None and is_broden(args.concepts):
+        try:
+            broden = BrodenDataset(args.concepts, args.categories, mean=mean, std=std)
+        except ValueError as err:
+            message = str(err)
+            if message.startswith("categories"):
+                raise AnalysisError(f"--{message}") from None
+            raise AnalysisError(f"--concepts: {message}") from None
+        except FileNotFoundError as err:
+            raise AnalysisError(f"--concepts: {err}") from None
+        return broden, f"Broden {args.concepts} ({', '.join(broden.categories)})", True
+    if args.categories is not None:
+        raise AnalysisError("--categories: only a Broden folder (--concepts PATH holding index.csv) has categories")
     if args.concepts is not None:
         from zflight.data import ConceptFolder
 
-        mean, std = data_mean_std(rebuild_data(dm_hp, image_size))
         try:
-            folder = ConceptFolder(args.concepts, image_size=image_size, mean=mean, std=std)
+            folder = ConceptFolder(args.concepts, image_size=source.image_size, mean=mean, std=std)
         except (FileNotFoundError, ValueError) as err:
             raise AnalysisError(f"--concepts: {err}") from None
-        return folder, f"ConceptFolder {args.concepts}"
-    data_hp = {k: v for k, v in dm_hp.items() if not k.startswith("_")}
+        return folder, f"ConceptFolder {args.concepts}", False
+    from zflight.sources import default_dataset
+
     try:
-        dataset = embedded_dataset(hparams, data_hp, args.split)
-    except AnalysisError as err:
-        raise AnalysisError(f"--ckpt_path: {err}; pass --concepts PATH (a folder of images with "
-                            "concept masks) to dissect it") from None
+        dataset = default_dataset(source, args.split)
+    except (ValueError, FileNotFoundError) as err:
+        flag = "--ckpt_path" if source.kind == "zflight" else "--concepts"
+        why = str(err).removeprefix("images: ").split("; name a folder")[0]
+        raise AnalysisError(f"{flag}: {why}; pass --concepts PATH (a Broden folder or a folder of images "
+                            "with concept masks) to dissect it") from None
     if not callable(getattr(dataset, "concept_masks", None)):
         raise AnalysisError(f"--split: its data set ({type(dataset).__name__}) has no concept masks; "
                             "pass --concepts PATH")
-    return dataset, f"{args.split} split of the embedded shapes data set"
+    return dataset, f"{args.split} split of the embedded shapes data set", False
 
 
 def _check_first(dataset: Any) -> None:
-    """Raise what dissect would on item 0: a mask whose size differs from its image."""
+    """Raise what dissect would on item 0: a mask of another size than its image (or than the
+    data set's ``mask_size``), a missing file."""
     image = dataset[0][0]
+    size = getattr(dataset, "mask_size", None)
+    expected = tuple(size) if size is not None else tuple(image.shape[-2:])
+    what = "dataset.mask_size" if size is not None else f"image 0 ({image.shape[-2]}x{image.shape[-1]})"
     for name, mask in dataset.concept_masks(0).items():
-        if tuple(mask.shape) != tuple(image.shape[-2:]):
+        if tuple(mask.shape) != expected:
             raise ValueError(f"dataset.concept_masks(0)[{name!r}] has shape {tuple(mask.shape)}, but "
-                             f"image 0 is {image.shape[-2]}x{image.shape[-1]}: a mask must have its image's size")
+                             f"{what} is {expected[0]}x{expected[1]}: a mask must have that size")
+
+
+def _write_tally(result: Any, path: Path) -> None:
+    """NetDissect's tally.csv, every layer's units (a ``layer`` column first)."""
+    rows = [{"layer": key, **row} for key in result.layers for row in result.tally(key)]
+    columns = list(rows[0]) if rows else ["layer", "unit", "category", "label", "score"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_counts(summary: dict[str, Any], path: Path) -> None:
+    """Bau et al.'s count table: detectors and unique concepts per category per layer."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["layer", "category", "units", "detectors", "unique_concepts"])
+        for key, s in summary.items():
+            writer.writerow([key, "all", s["units"], s["detectors"], s["unique_concepts"]])
+            for fam, c in s["families"].items():
+                writer.writerow([key, fam, s["units"], c["detectors"], c["unique_concepts"]])
 
 
 def _markdown(result: Any, document: dict[str, Any]) -> str:
-    """Per layer: detectors and unique concepts (per family), then the top units."""
+    """Per layer: detectors and unique concepts (per category), then the top units."""
     src = document["source"]
     lines = [
-        f"Network dissection of {src['checkpoint']} on {src['num_images']} images ({src['images']}): "
+        f"Network dissection of {src['model']} on {src['num_images']} images ({src['images']}): "
         f"threshold at the top {result.quantile:g} of each unit's activations, detector when IoU > "
-        f"{result.iou_threshold:g}; {len(result.concepts)} concepts.",
+        f"{result.iou_threshold:g}; {len(result.concepts)} concepts"
+        + (f", each scored over the images that annotate its category, masks at "
+           f"{result.mask_size[0]}x{result.mask_size[1]}" if result.mask_size else "") + ".",
         "",
         "| layer | units | detectors | unique concepts | "
         + " | ".join(f"{fam} (det. / uniq.)" for fam in _families(document)) + " |",

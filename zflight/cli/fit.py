@@ -87,7 +87,8 @@ class ZFlightCLI(LightningCLI):
     - a :class:`~zflight.callbacks.RandomState` is always added too (unless the config lists
       one), so that resumed run goes on as the uninterrupted run would have (``docs/resume.md``);
     - a bad value that a class rejects (a missing data folder, an unknown arch) ends the run with
-      one ``error:`` line, like a wrong key does, instead of a traceback.
+      one ``error:`` line, like a wrong key does, instead of a traceback; so does a callback's
+      layer the network lacks (:class:`~zflight.callbacks.CallbackConfigError`, at setup).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -148,6 +149,16 @@ class ZFlightCLI(LightningCLI):
         except (ValueError, FileNotFoundError, NotADirectoryError) as err:
             # These come from our own argument checks and name the argument or path; a
             # traceback through jsonargparse would only bury that line.
+            self._error(str(err))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        from zflight.callbacks import CallbackConfigError
+
+        try:
+            super()._run_subcommand(subcommand)
+        except CallbackConfigError as err:
+            # A callback's layer the network lacks, found at setup (before the first step): its
+            # line names the callback and the layer; Lightning's traceback would only bury it.
             self._error(str(err))
 
     def _parse_ckpt_path(self) -> None:

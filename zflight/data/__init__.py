@@ -1,7 +1,8 @@
 """Data: the embedded offline shapes data set (with exact object and concept masks), users' pixel
-labels (:class:`ConceptFolder`) and LightningDataModules (shapes, image folders, packed ImageNet)."""
+labels (:class:`ConceptFolder`), Broden (:class:`BrodenDataset`) and LightningDataModules (shapes, image folders, packed ImageNet)."""
 
 from zflight.data._base import ResumableLoader, ResumableSampler, SeededSamples
+from zflight.data.broden import BrodenDataset
 from zflight.data.concepts import ConceptFolder
 from zflight.data.datamodules import (
     IMAGENET_MEAN,
@@ -13,12 +14,13 @@ from zflight.data.datamodules import (
 )
 # pack() and verify() stay in zflight.data.pack: exported here they would hide that module.
 from zflight.data.pack import PackVerificationError
-from zflight.data.packed import PackedBatch, PackedImageNetDataModule, crop_flip_normalize
+from zflight.data.packed import PackedBatch, PackedImageNetDataModule, PackedImages, crop_flip_normalize
 from zflight.data.shapes import CLASSES as SHAPES_CLASSES
 from zflight.data.shapes import ShapesDataset
 from zflight.data.transfer import TRANSFER_CLASSES, TransferShapesDataset
 
 __all__ = [
+    "BrodenDataset",
     "ConceptFolder",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -28,6 +30,7 @@ __all__ = [
     "PackVerificationError",
     "PackedBatch",
     "PackedImageNetDataModule",
+    "PackedImages",
     "ResumableLoader",
     "ResumableSampler",
     "SeededSamples",

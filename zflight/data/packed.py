@@ -21,6 +21,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from zflight.data._base import (
     ClassificationDataModule,
@@ -31,7 +32,14 @@ from zflight.data._base import (
 from zflight.data.datamodules import IMAGENET_MEAN, IMAGENET_STD, _check_int, _mean_std
 from zflight.data.pack import read_manifest
 
-__all__ = ["PackedImageNetDataModule", "PackedBatch", "PackedLoader", "PackedSampler", "crop_flip_normalize"]
+__all__ = [
+    "PackedImageNetDataModule",
+    "PackedBatch",
+    "PackedImages",
+    "PackedLoader",
+    "PackedSampler",
+    "crop_flip_normalize",
+]
 
 CropMode = Literal["random", "center", "ten"]
 
@@ -126,6 +134,87 @@ def _ten_crop_offsets(size: int, crop: int) -> tuple[np.ndarray, np.ndarray, np.
     left = np.concatenate([left5, m - left5])
     flip = np.array([False] * 5 + [True] * 5)
     return top, left, flip
+
+
+class PackedImages(Dataset):
+    """One split of a pack as a map-style data set: item ``i`` is ``(centre crop, label)``.
+
+    What the visualization callbacks and analyses read image by image (the fast training path
+    stays :class:`PackedLoader`): the ``i``-th kept row of the split (rows of unreadable files
+    are skipped), its centre ``crop_size`` crop, normalized like the training batches, as float32
+    ``[3, crop, crop]``. Deterministic: no random crop or flip, whichever split it reads. The
+    arrays are memory-mapped on first use in each process, so a copy sent to a DataLoader worker
+    carries the path, not the pixels.
+
+    Args:
+        root: the pack folder.
+        split: ``"train"``, ``"val"``, ... (a split of the pack).
+        crop_size: side of the centre crop, at most the pack's image size.
+        mean: per-channel mean of pixels in [0, 1].
+        std: per-channel std of pixels in [0, 1].
+
+    Raises:
+        FileNotFoundError: no finished pack in ``root``, or it lacks ``split``.
+        ValueError: ``crop_size`` larger than the pack's images.
+
+    Example:
+        >>> ds = PackedImages("/data/imagenet-zf", "val", crop_size=224)  # doctest: +SKIP
+        >>> x, y = ds[0]; x.shape, ds.classes[y]  # doctest: +SKIP
+        (torch.Size([3, 224, 224]), 'n01440764')
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        *,
+        crop_size: int,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        manifest = read_manifest(self.root)
+        info = manifest["splits"].get(split)
+        if info is None:
+            raise FileNotFoundError(
+                f"the pack in {self.root} has no {split!r} split (it has {sorted(manifest['splits'])})"
+            )
+        self.size = int(manifest["size"])
+        _check_int("crop_size", crop_size, 1)
+        if crop_size > self.size:
+            raise ValueError(f"crop_size ({crop_size}) exceeds the {self.size} px images of the pack in {self.root}")
+        self.split, self.crop_size, self._files = split, crop_size, (info["images"], info["labels"])
+        self.classes: list[str] = json.loads((self.root / "classes.json").read_text())
+        self._mean, self._std = _mean_std(mean, std)
+        labels = np.load(self.root / info["labels"], mmap_mode="r")
+        self._rows = np.flatnonzero(labels >= 0)  # -1: an unreadable file's empty row
+        self._labels = np.asarray(labels[self._rows], dtype=np.int64)
+        self._images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for the {len(self)} images of the {self.split!r} split")
+        if self._images is None:
+            self._images = np.load(self.root / self._files[0], mmap_mode="r")
+        c = round((self.size - self.crop_size) / 2.0)  # torchvision's centre_crop rounding
+        row = torch.from_numpy(np.ascontiguousarray(self._images[self._rows[index], c : c + self.crop_size, c : c + self.crop_size]))
+        x = row.permute(2, 0, 1).float().div_(255.0)
+        mean = torch.tensor(self._mean).view(3, 1, 1)
+        std = torch.tensor(self._std).view(3, 1, 1)
+        return (x - mean) / std, int(self._labels[index])
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo the normalization of ``ds[i][0]`` (or a batch of them) for display, clamped to [0, 1]."""
+        mean = torch.tensor(self._mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self._std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return (x * std + mean).clamp(0.0, 1.0)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker process maps the file itself: pickling a memory map would copy its pixels.
+        return {**self.__dict__, "_images": None}
 
 
 class PackedSampler(SkippablePass):
@@ -355,7 +444,9 @@ class PackedImageNetDataModule(ClassificationDataModule):
     ``crop_size`` crop and horizontal flip of the stored ``size``×``size`` image, as in the paper
     (and as :class:`~zflight.data.ImageFolderDataModule` does on the CPU); validation: the centre
     crop; test: the centre crop or the 4 corner + centre crops and their flips (``test_crops=10``,
-    batches ``[B, 10, 3, crop, crop]``, TenCrop's order).
+    batches ``[B, 10, 3, crop, crop]``, TenCrop's order). After :meth:`setup`, ``train_dataset``
+    and ``val_dataset`` hold the same splits image by image (:class:`PackedImages`, centre
+    crops), for what mines or draws single images during training (the visualization callbacks).
 
     Args:
         root: the pack folder (``dst`` of ``python -m zflight pack``).
@@ -433,6 +524,11 @@ class PackedImageNetDataModule(ClassificationDataModule):
         self.drop_last, self.seed = drop_last, seed
         self._splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
+    #: The training and validation splits as :class:`PackedImages` (centre crops, image by
+    #: image), made by :meth:`setup`, for the visualization callbacks; training reads batches.
+    train_dataset: PackedImages | None = None
+    val_dataset: PackedImages | None = None
+
     @property
     def image_size(self) -> int:
         """Side of the images fed to the network (``crop_size``)."""
@@ -463,10 +559,17 @@ class PackedImageNetDataModule(ClassificationDataModule):
         """
         if stage in (None, "fit"):
             self._open("train")
+            if self.train_dataset is None:
+                self.train_dataset = self._images("train")
         if stage in (None, "fit", "validate"):
             self._open("val")
+            if self.val_dataset is None:
+                self.val_dataset = self._images("val")
         if stage in (None, "test", "predict"):
             self._open(self.test_split)
+
+    def _images(self, split: str) -> PackedImages:
+        return PackedImages(self.root, split, crop_size=self.crop_size, mean=self._mean, std=self._std)
 
     def _loader(self, split: str, mode: CropMode, shuffle: bool, drop_last: bool = False) -> PackedLoader:
         if split not in self._splits:

@@ -102,7 +102,8 @@ def dissection_panel(
 
     Args:
         examples: a :class:`~zflight.analysis.dissection.UnitExamples` (``images``
-            ``[U, k, 3, H, W]`` in [0, 1], ``masks`` ``[U, k, H, W]`` bool, ``units``,
+            ``[U, k, 3, H, W]`` in [0, 1], ``masks`` ``[U, k, h, w]`` bool at the size they
+            were scored, drawn scaled to the images by nearest neighbour, ``units``,
             ``labels``, ``iou``, ``detectors``, ``layer``).
         units_per_row: unit cells per row.
         title: a line above the panel.
@@ -120,11 +121,17 @@ def dissection_panel(
         3
     """
     images, masks = examples.images, examples.masks
-    if images.dim() != 5 or masks.dim() != 4 or images.shape[:2] != masks.shape[:2] or images.shape[-2:] != masks.shape[-2:]:
+    if images.dim() != 5 or masks.dim() != 4 or images.shape[:2] != masks.shape[:2]:
         raise ValueError(
-            "examples.images must be [units, k, 3, H, W] and examples.masks [units, k, H, W] of the "
-            f"same units, k and size, got {tuple(images.shape)} and {tuple(masks.shape)}"
+            "examples.images must be [units, k, 3, H, W] and examples.masks [units, k, h, w] of the "
+            f"same units and k, got {tuple(images.shape)} and {tuple(masks.shape)}"
         )
+    if masks.shape[-2:] != images.shape[-2:]:
+        # Scored at another size (Broden's masks are half the image): each scored pixel
+        # becomes a block of display pixels, nothing is re-thresholded.
+        size = tuple(images.shape[-2:])
+        masks = F.interpolate(masks.reshape(-1, 1, *masks.shape[-2:]).float(), size=size, mode="nearest")
+        masks = masks.reshape(*images.shape[:2], *size) > 0.5
     if isinstance(units_per_row, bool) or not isinstance(units_per_row, int) or units_per_row < 1:
         raise ValueError(f"units_per_row must be a positive int, got {units_per_row!r}")
     u, k = images.shape[:2]

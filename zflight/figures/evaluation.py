@@ -29,7 +29,7 @@ __all__ = ["evaluation_figure", "sanity_figure"]
 
 def evaluation_figure(
     display: torch.Tensor,
-    masks: torch.Tensor,
+    masks: torch.Tensor | None,
     maps: Mapping[str, torch.Tensor],
     fractions: torch.Tensor | None = None,
     curves: Mapping[str, torch.Tensor] | None = None,
@@ -39,14 +39,15 @@ def evaluation_figure(
 ) -> Any:
     """Return a figure: per image, the image, its object mask, each method's map, its curves.
 
-    One row per image. Columns: the image with the object's outline, the mask, one column per
-    method (its relevance, outline on top), and, when ``curves`` are given, the target
+    One row per image. Columns: the image with the object's outline, the mask (when there are
+    masks), one column per method (its relevance, outline on top), and, when ``curves`` are given, the target
     probability along each method's deletion curve (one line per method, the legend on the first
     row).
 
     Args:
         display: ``[K, 3, H, W]`` (or ``[K, 1, H, W]``) images for display, in [0, 1].
-        masks: ``[K, H, W]`` bool object masks.
+        masks: ``[K, H, W]`` bool object masks, or ``None`` without masks (no mask column and
+            no outlines).
         maps: method name → ``[K, H, W]`` relevance (or ``[K, C, H, W]`` maps, shown as
             ``sum_c |a_c|``).
         fractions: ``[S]`` the fraction of pixels removed at each point of the curves.
@@ -72,7 +73,8 @@ def evaluation_figure(
     if not isinstance(display, torch.Tensor) or display.dim() != 4:
         raise ValueError(f"display must be [K, 3, H, W], got {_shape(display)}")
     k, _, h, w = display.shape
-    if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool or tuple(masks.shape) != (k, h, w):
+    if masks is not None and (not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool
+                              or tuple(masks.shape) != (k, h, w)):
         raise ValueError(f"masks must be a bool tensor [K={k}, H={h}, W={w}], got {_shape(masks)}")
     if not maps:
         raise ValueError("maps must hold at least one method's maps")
@@ -93,25 +95,27 @@ def evaluation_figure(
     if titles is not None and len(titles) != k:
         raise ValueError(f"titles must hold {k} strings, got {len(titles)}")
 
-    ncols = 2 + len(shown) + int(curves is not None)
+    first = 2 if masks is not None else 1  # the image, and its mask when there is one
+    ncols = first + len(shown) + int(curves is not None)
     fig = Figure(figsize=(1.7 * ncols + (1.6 if curves is not None else 0), 1.85 * k + 0.3),
                  layout="constrained")
     FigureCanvasAgg(fig)
     axes = np.asarray(fig.subplots(k, ncols, squeeze=False))
     images = display.detach().float().clamp(0, 1).cpu()
-    mask_np = masks.cpu().numpy()
+    mask_np = masks.cpu().numpy() if masks is not None else [None] * k
     colors = {name: f"C{i % 10}" for i, name in enumerate(shown)}
     for i in range(k):
         row = axes[i]
         img = images[i].permute(1, 2, 0).numpy()
         _show(row[0], img if img.shape[-1] == 3 else img[..., 0], mask_np[i], cmap="gray")
         row[0].set_title(titles[i] if titles is not None else f"image {i}", fontsize=8)
-        _show(row[1], mask_np[i].astype(float), None, cmap="gray")
-        row[1].set_title("object mask" if i == 0 else "", fontsize=8)
+        if masks is not None:
+            _show(row[1], mask_np[i].astype(float), None, cmap="gray")
+            row[1].set_title("object mask" if i == 0 else "", fontsize=8)
         for j, (name, r) in enumerate(shown.items()):
-            _show(row[2 + j], r[i], mask_np[i], cmap="inferno")
+            _show(row[first + j], r[i], mask_np[i], cmap="inferno")
             if i == 0:
-                row[2 + j].set_title(name.replace("_", " "), fontsize=8)
+                row[first + j].set_title(name.replace("_", " "), fontsize=8)
         if curves is not None:
             ax = row[-1]
             x = fractions.detach().double().cpu().numpy()
