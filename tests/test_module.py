@@ -103,3 +103,47 @@ def test_any_torchvision_model_trains_with_the_same_module(tmp_path):
     module = ImageClassifier(arch="resnet18", num_classes=10, image_size=64)
     _trainer(tmp_path, max_steps=1).fit(module, _loader())
     assert module.global_step == 1
+
+
+@pytest.fixture(scope="module")
+def pretrained_ckpt(tiny_ckpt_factory):
+    return tiny_ckpt_factory(20)
+
+
+def test_init_from_copies_every_weight_but_a_fresh_head_sized_for_the_classes(pretrained_ckpt):
+    from zflight.checkpoint import load_classifier
+
+    source = load_classifier(pretrained_ckpt).model
+    module = ImageClassifier(arch="zfnet", num_classes=5, width=0.125, image_size=64, init_from=str(pretrained_ckpt))
+    theirs, ours = source.state_dict(), module.model.state_dict()
+    assert ours["classifier.fc8.weight"].shape == (5, 512)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith("classifier.fc8."))
+
+
+def test_init_from_another_architecture_names_the_weight_that_does_not_fit(pretrained_ckpt):
+    with pytest.raises(ValueError, match=r"init_from: .* does not fit this model: features.conv1.weight is "
+                                         r"\(12, 3, 7, 7\) there, \(24, 3, 7, 7\) here"):
+        ImageClassifier(arch="zfnet", num_classes=5, width=0.25, image_size=64, init_from=str(pretrained_ckpt))
+
+
+def test_freeze_through_fc7_trains_only_the_head_and_keeps_frozen_layers_in_eval(tmp_path, pretrained_ckpt):
+    seed_everything(0)
+    module = ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64,
+                             init_from=str(pretrained_ckpt), freeze_through="fc7")
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    with torch.no_grad():
+        module.model.features.conv1.weight.mul_(50.0)  # over the renormalization radius: must stay so
+        before["features.conv1.weight"].mul_(50.0)
+    trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
+    assert trainable == ["classifier.fc8.weight", "classifier.fc8.bias"]
+    _trainer(tmp_path, max_steps=2).fit(module, _loader())
+    after = module.model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in after if not k.startswith("classifier.fc8."))
+    assert not torch.equal(after["classifier.fc8.weight"], before["classifier.fc8.weight"])
+    module.train()
+    assert not module.model.classifier.drop6.training and module.model.classifier.drop7.training
+
+
+def test_freeze_through_the_head_is_refused():
+    with pytest.raises(ValueError, match=r"freeze_through='fc8' freezes the head \(classifier.fc8\)"):
+        _small(freeze_through="fc8")

@@ -262,7 +262,7 @@ def test_weights_in_torchvisions_cache_give_preprocessing_and_class_names(tmp_pa
 # ----------------------------------------------------------------------------------------- timm
 @pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
 def test_timm_models_load_without_pretrained_weights(name):
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     source = load_model(f"timm:{name}", preprocess=SMALL)
     assert source.kind == "timm" and source.num_outputs == 1000 and source.is_classifier
     assert source.weights == "random (pretrained=False)"

@@ -35,6 +35,8 @@ from zflight.analysis import (
     top_activations,
     unit_examples,
     UnitExamples,
+    linear_probe,
+    ProbeResult,
 )
 from zflight.attribution import DeconvNet, GuidedBackprop, OcclusionMaps, occlusion_maps
 from zflight.checkpoint import load_classifier
@@ -55,6 +57,7 @@ from zflight.data import (
     PackedImageNetDataModule,
     ShapesDataModule,
     ShapesDataset,
+    TransferShapesDataset,
 )
 from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
 from zflight.sources import ImageFiles, ModelSource, Preprocess, image_folder, load_model
@@ -128,4 +131,8 @@ __all__ = [
     "UnitExamples",
     # the unit explorer
     "build_report",
+    # linear probes and transfer
+    "linear_probe",
+    "ProbeResult",
+    "TransferShapesDataset",
 ]

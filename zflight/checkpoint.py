@@ -79,6 +79,7 @@ def read_checkpoint(
     accepted = inspect.signature(ImageClassifier.__init__).parameters
     hparams = {k: v for k, v in dict(ckpt["hyper_parameters"]).items() if k in accepted and k != "self"}
     hparams["weights"] = None  # the weights come from the checkpoint
+    hparams.pop("init_from", None)  # so does a fine-tuned model's (its source file may be gone)
     try:
         module = ImageClassifier(**hparams)
     except (TypeError, ValueError) as err:

@@ -46,11 +46,27 @@ class ImageClassifier(LightningModule):
             optimizer step; ``None`` turns it off.
         channels_last: keep the model and batches in channels-last memory format (faster on
             recent GPUs with mixed precision).
+        init_from: fine-tune: a zflight checkpoint (``python -m zflight fit``) whose network
+            weights are copied into this model, all but the head (the last linear layer), which
+            starts fresh, sized for ``num_classes``. The model (``arch``, ``width``,
+            ``image_size``) must be the checkpoint's; a weight that does not fit is one line
+            naming it. The paper's Table 4 "pretrained" rows.
+        freeze_through: a layer name (``fc7``, ``conv5``): that layer and every layer before it
+            (in the order the model registers them) are frozen: no gradient, no filter
+            renormalization, and kept in eval mode while training (dropout off, batch-norm
+            statistics fixed), so they are a fixed feature extractor. ``None`` trains everything.
 
     Example:
         >>> module = ImageClassifier(arch="zfnet", num_classes=10, width=0.25, image_size=64)
         >>> module(torch.zeros(2, 3, 64, 64)).shape
         torch.Size([2, 10])
+
+    Fine-tuning from a checkpoint with everything up to fc7 fixed (LightningCLI:
+    ``--model.init_from CKPT --model.freeze_through fc7``)::
+
+        module = ImageClassifier(arch="zfnet", num_classes=5, width=0.25, image_size=64,
+                                 init_from="runs/quickstart/version_0/checkpoints/last.ckpt",
+                                 freeze_through="fc7")
     """
 
     def __init__(
@@ -67,6 +83,8 @@ class ImageClassifier(LightningModule):
         monitor: str = "val/acc1",
         filter_radius: float | None = 0.1,
         channels_last: bool = False,
+        init_from: str | None = None,
+        freeze_through: str | None = None,
     ) -> None:
         super().__init__()
         if filter_radius is not None and not filter_radius > 0:
@@ -88,6 +106,9 @@ class ImageClassifier(LightningModule):
         self.monitor = monitor
         self.filter_radius = filter_radius
         self.channels_last = channels_last
+        if init_from is not None:
+            _copy_all_but_head(self.model, init_from)
+        self.frozen: list[torch.nn.Module] = [] if freeze_through is None else _freeze_through(self.model, freeze_through)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         top5 = min(5, num_classes)
@@ -155,11 +176,23 @@ class ImageClassifier(LightningModule):
             )
         return self(images).softmax(dim=1)
 
+    def train(self, mode: bool = True) -> ImageClassifier:
+        """Lightning's ``train()``, with the frozen layers (``freeze_through``) kept in eval mode."""
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        # The paper's filter renormalization follows every update.
+        # The paper's filter renormalization follows every update (of the filters that train).
         if self.filter_radius is not None:
-            renormalize_filters(self.model, self.filter_radius)
+            if not self.frozen:
+                renormalize_filters(self.model, self.filter_radius)
+            else:
+                for m in self.model.modules():
+                    if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad:
+                        renormalize_filters(m, self.filter_radius)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -174,3 +207,59 @@ class ImageClassifier(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"},
         }
+
+
+def _head_name(model: torch.nn.Module) -> str:
+    """The dotted name of the model's last linear layer (its classifier head)."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise ValueError(f"init_from: {type(model).__name__} has no linear layer to use as the head")
+    return linears[-1]
+
+
+def _copy_all_but_head(model: torch.nn.Module, path: str) -> None:
+    """Copy a zflight checkpoint's network weights into ``model``, all but the head's."""
+    from zflight.checkpoint import read_checkpoint
+
+    try:
+        source, _ = read_checkpoint(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f"init_from: {err}") from None
+    theirs = source.model.state_dict()
+    head = _head_name(model) + "."
+    own = model.state_dict()
+    copied = {}
+    for key, value in own.items():
+        if key.startswith(head):
+            continue
+        if key not in theirs or tuple(theirs[key].shape) != tuple(value.shape):
+            got = "missing" if key not in theirs else f"{tuple(theirs[key].shape)}"
+            raise ValueError(
+                f"init_from: {path} does not fit this model: {key} is {got} there, {tuple(value.shape)} here "
+                f"(give the checkpoint's arch, width and image_size: {source.hparams.get('arch')}, "
+                f"{source.hparams.get('width')}, {source.hparams.get('image_size')})"
+            )
+        copied[key] = theirs[key]
+    with torch.no_grad():
+        for key, value in copied.items():
+            own[key].copy_(value)
+
+
+def _freeze_through(model: torch.nn.Module, layer: str) -> list[torch.nn.Module]:
+    """Freeze ``layer`` and every leaf module registered before it; return the frozen leaves."""
+    from zflight.attribution._layers import resolve_layer
+
+    try:
+        name, _ = resolve_layer(model, layer)
+    except ValueError as err:
+        raise ValueError(f"freeze_through: {err}") from None
+    leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    inside = [i for i, (n, _) in enumerate(leaves) if n == name or n.startswith(name + ".")]
+    frozen = [m for _, m in leaves[: max(inside) + 1]]
+    head = _head_name(model)
+    if any(n == head for n, _ in leaves[: max(inside) + 1]):
+        raise ValueError(f"freeze_through={layer!r} freezes the head ({head}): nothing would train")
+    for m in frozen:
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(False)
+    return frozen

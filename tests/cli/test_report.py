@@ -357,3 +357,26 @@ def test_the_resnet_explorer_lists_its_source_and_opens_a_layer_a_unit_and_searc
     assert _shows(page, "layer3/0") == ["layer3/0"]
     assert errors == []
     context.close()
+
+
+def test_concepts_dissects_a_broden_folder_here_for_the_labels(tmp_path):
+    from tests.analysis.test_dissection import small_cnn
+    from tests.broden_folder import write_broden
+    from zflight.analysis.dissection import dissect
+    from zflight.data import IMAGENET_MEAN, IMAGENET_STD
+    from zflight.data.broden import BrodenDataset
+
+    write_broden(tmp_path / "broden", 6, size=64, seed=2)
+    (tmp_path / "imgs").mkdir()
+    for k in range(3):
+        shutil.copy(next((tmp_path / "broden" / "images").rglob("*.jpg")), tmp_path / "imgs" / f"{k}.jpg")
+    main(["--model", "tests.analysis.test_dissection:small_cnn", "--images", str(tmp_path / "imgs"),
+          "--image_size", "64", "--resize", "64", "--layers", "conv3", "--units", "3", "--occlusion_images", "0",
+          "--concepts", str(tmp_path / "broden"), "--out", str(tmp_path / "site")])
+    report = json.loads((tmp_path / "site" / "report.json").read_text())
+    direct = dissect(small_cnn(), BrodenDataset(tmp_path / "broden", mean=IMAGENET_MEAN, std=IMAGENET_STD),
+                     ["conv3"], progress=False).layers["conv3"]
+    assert report["dissection"].startswith(f"from Broden {tmp_path / 'broden'}")
+    units = report["layers"][0]["units"]
+    assert [(u["label"], round(u["iou"], 6)) for u in units] == [
+        (direct.labels[k], round(float(direct.best_iou[k]), 6)) for k in range(3)]

@@ -13,7 +13,9 @@ Plain PyTorch (and :mod:`zflight.attribution`), no Lightning, no argparse, no dr
   :func:`class_sensitivity` (Adebayo et al., 2018); :func:`score_methods` scores every
   method of the registry with all of them at once;
 - network dissection: :func:`dissect` labels each unit with the concept its strongest
-  activations overlap most (Bau et al., 2017).
+  activations overlap most (Bau et al., 2017);
+- Tables 4-7: :func:`linear_probe`, a linear classifier on each layer's features, trained on a
+  few images per class (Alain & Bengio's linear probes).
 
 Their pictures are drawn by :mod:`zflight.figures`.
 """
@@ -61,6 +63,7 @@ from zflight.analysis.sanity import (
     class_sensitivity,
     model_randomization,
 )
+from zflight.analysis.probe import LayerProbe, ProbeResult, linear_probe, probe_features
 from zflight.analysis.topk import TopActivations, top_activation_crops, top_activations
 
 __all__ = [
@@ -105,4 +108,8 @@ __all__ = [
     "unit_examples",
     "UnitExamples",
     "CONCEPT_FAMILIES",
+    "linear_probe",
+    "probe_features",
+    "ProbeResult",
+    "LayerProbe",
 ]

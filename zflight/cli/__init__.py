@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("zflight.cli.evaluate", "score attribution maps against the objects' masks (pointing game, deletion, sanity)"),
     "report": ("zflight.cli.report", "a unit explorer: one static folder (index.html) with every unit's top-9, label, evolution"),
     "layers": ("zflight.cli.layers", "list a model's modules with their type and output shape (the names --layers takes)"),
+    "probe": ("zflight.cli.probe", "Table 7: linear probes layer by layer (transfer to new classes), trained vs random weights"),
     "pack": ("zflight.cli.pack", "pack an ImageNet-style folder into memory-mappable arrays"),
 }
 

@@ -230,30 +230,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _dataset(args: argparse.Namespace, source: Any) -> tuple[Any, str, bool]:
     """The images with concept masks, a line saying where they come from, and whether Broden."""
-    from zflight.data.broden import BrodenDataset, is_broden
-
-    mean, std = source.preprocess.mean, source.preprocess.std
-    if args.concepts is not None and is_broden(args.concepts):
-        try:
-            broden = BrodenDataset(args.concepts, args.categories, mean=mean, std=std)
-        except ValueError as err:
-            message = str(err)
-            if message.startswith("categories"):
-                raise AnalysisError(f"--{message}") from None
-            raise AnalysisError(f"--concepts: {message}") from None
-        except FileNotFoundError as err:
-            raise AnalysisError(f"--concepts: {err}") from None
-        return broden, f"Broden {args.concepts} ({', '.join(broden.categories)})", True
+    if args.concepts is not None:
+        return concept_images(args.concepts, args.categories, source)
     if args.categories is not None:
         raise AnalysisError("--categories: only a Broden folder (--concepts PATH holding index.csv) has categories")
-    if args.concepts is not None:
-        from zflight.data import ConceptFolder
-
-        try:
-            folder = ConceptFolder(args.concepts, image_size=source.image_size, mean=mean, std=std)
-        except (FileNotFoundError, ValueError) as err:
-            raise AnalysisError(f"--concepts: {err}") from None
-        return folder, f"ConceptFolder {args.concepts}", False
     from zflight.sources import default_dataset
 
     try:
@@ -267,6 +247,42 @@ def _dataset(args: argparse.Namespace, source: Any) -> tuple[Any, str, bool]:
         raise AnalysisError(f"--split: its data set ({type(dataset).__name__}) has no concept masks; "
                             "pass --concepts PATH")
     return dataset, f"{args.split} split of the embedded shapes data set", False
+
+
+def concept_images(concepts: str, categories: Sequence[str] | None, source: Any) -> tuple[Any, str, bool]:
+    """``--concepts PATH``: a Broden folder (it holds ``index.csv``) or a ``ConceptFolder``.
+
+    Images are normalized with the model's mean and std. Shared by ``dissect`` and ``report``.
+
+    Returns:
+        The data set, a line saying what it is, and whether it is Broden.
+
+    Raises:
+        AnalysisError: one line naming ``--concepts`` or ``--categories``.
+    """
+    from zflight.data.broden import BrodenDataset, is_broden
+
+    mean, std = source.preprocess.mean, source.preprocess.std
+    if is_broden(concepts):
+        try:
+            broden = BrodenDataset(concepts, categories, mean=mean, std=std)
+        except ValueError as err:
+            message = str(err)
+            if message.startswith("categories"):
+                raise AnalysisError(f"--{message}") from None
+            raise AnalysisError(f"--concepts: {message}") from None
+        except FileNotFoundError as err:
+            raise AnalysisError(f"--concepts: {err}") from None
+        return broden, f"Broden {concepts} ({', '.join(broden.categories)})", True
+    if categories is not None:
+        raise AnalysisError("--categories: only a Broden folder (--concepts PATH holding index.csv) has categories")
+    from zflight.data import ConceptFolder
+
+    try:
+        folder = ConceptFolder(concepts, image_size=source.image_size, mean=mean, std=std)
+    except (FileNotFoundError, ValueError) as err:
+        raise AnalysisError(f"--concepts: {err}") from None
+    return folder, f"ConceptFolder {concepts}", False
 
 
 def _check_first(dataset: Any) -> None:

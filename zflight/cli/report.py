@@ -102,6 +102,11 @@ def _parser() -> ArgumentParser:
                    help="the training run's folder (runs/<name>/version_<n>): its evolution figures and checkpoints")
     p.add_argument("--dissection", default=None,
                    help="a dissection JSON (Dissection.to_json) to take the labels from instead of dissecting here")
+    p.add_argument("--concepts", default=None,
+                   help="dissect here on a Broden folder (it holds index.csv) or a ConceptFolder instead of the "
+                        "report's images (the first --dissect_images of it)")
+    p.add_argument("--categories", nargs="+", default=None,
+                   help="with a Broden --concepts: the categories scored (default: all)")
     p.add_argument("--dissect_images", type=int, default=500,
                    help="images dissected here when no --dissection is given and they have concept masks "
                         "(default 500; 0: none)")
@@ -141,8 +146,15 @@ def _run(args: argparse.Namespace) -> Path:
             raise AnalysisError(f"--dissection: {args.dissection} is not a dissection JSON ({err})") from None
     device = default_device(args.device)
 
+    if args.concepts is not None and dissection is not None:
+        raise AnalysisError("--concepts: give either --concepts (dissect here) or --dissection (a dissection made before)")
+    if args.categories is not None and args.concepts is None:
+        raise AnalysisError("--categories goes with --concepts (a Broden folder)")
     source, dataset, line = load_sources(args)
     layers = layers_or_default(args.layers, source)
+    dissection_from = args.dissection or ""
+    if args.concepts is not None:
+        dissection, dissection_from = _dissect_concepts(args, source, layers, device)
     if args.occlusion_images > len(dataset):
         raise AnalysisError(f"--occlusion_images: {args.occlusion_images} is more than the {len(dataset)} images")
     try:
@@ -163,12 +175,26 @@ def _run(args: argparse.Namespace) -> Path:
             label_classes="predicted" if mapping is None else mapping, facts=facts,
             title=f"zflight report: {Path(args.ckpt_path or source.name).name}",
             checkpoint=str(args.ckpt_path or ""), data_description=line,
-            dissection=dissection, dissection_from=args.dissection or "", dissect_images=args.dissect_images,
+            dissection=dissection, dissection_from=dissection_from, dissect_images=args.dissect_images,
             scores=scores_doc, scores_from=args.scores or "", run=run, log_dir=log_dir,
         )
     index = out / "index.html"
     print(f"open {index.resolve().as_uri()}", flush=True)
     return index
+
+
+def _dissect_concepts(args: argparse.Namespace, source: Any, layers: list[str], device: Any) -> tuple[Any, str]:
+    """Network Dissection of ``layers`` on ``--concepts`` (Broden or a ConceptFolder), for the labels."""
+    from zflight.analysis.dissection import ConceptSubset, dissect
+    from zflight.cli.dissect import concept_images
+
+    concepts, what, _ = concept_images(args.concepts, args.categories, source)
+    if args.dissect_images == 0:
+        raise AnalysisError("--dissect_images: 0 skips the dissection; drop --concepts, or dissect some images")
+    n = min(args.dissect_images, len(concepts))
+    model = source.model.to(device).eval()
+    result = dissect(model, ConceptSubset(concepts, range(n)), layers, batch_size=args.batch_size, progress=True)
+    return result, f"{what}, the first {n} images"
 
 
 def _check_dir(path: str | None, flag: str) -> Path | None:

@@ -17,6 +17,7 @@ from zflight.data.pack import PackVerificationError
 from zflight.data.packed import PackedBatch, PackedImageNetDataModule, PackedImages, crop_flip_normalize
 from zflight.data.shapes import CLASSES as SHAPES_CLASSES
 from zflight.data.shapes import ShapesDataset
+from zflight.data.transfer import TRANSFER_CLASSES, TransferShapesDataset
 
 __all__ = [
     "BrodenDataset",
@@ -35,6 +36,8 @@ __all__ = [
     "SeededSamples",
     "ShapesDataModule",
     "ShapesDataset",
+    "TRANSFER_CLASSES",
+    "TransferShapesDataset",
     "UnreadableImageError",
     "crop_flip_normalize",
 ]

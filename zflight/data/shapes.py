@@ -239,6 +239,10 @@ class ShapesDataset(Dataset):
 
     mean: tuple[float, float, float] = SHAPES_MEAN
     std: tuple[float, float, float] = SHAPES_STD
+    # The classes' names and drawings. A subclass with other shapes (the transfer task of
+    # zflight.data.transfer) replaces these two and keeps every other draw of the generator.
+    _class_names: tuple[str, ...] = CLASSES
+    _templates: list[tuple[list[_Op], dict[str, tuple[float, float]]]] = _TEMPLATES
 
     def __init__(
         self,
@@ -262,7 +266,7 @@ class ShapesDataset(Dataset):
         self.seed = int(seed)
         self.clutter = float(clutter)
         self.transform = transform
-        self.classes: list[str] = list(CLASSES)
+        self.classes: list[str] = list(self._class_names)
         self.targets: list[int] = self._make_targets()
         # Allocated on first render, so that constructing a data set is free.
         self._cache: torch.Tensor | None = None
@@ -345,7 +349,7 @@ class ShapesDataset(Dataset):
         """
         i = self._check_index(index)  # before seeding, so that index -1 means the last item
         g = self._geometry(i, self._rng(i))
-        return {k: self._to_pixels(g, p) for k, p in _TEMPLATES[g.label][1].items()}
+        return {k: self._to_pixels(g, p) for k, p in self._templates[g.label][1].items()}
 
     def mask(self, index: int, *, min_coverage: float = 0.25) -> torch.Tensor:
         """The object's exact silhouette: the pixels its drawing paints.
@@ -382,7 +386,7 @@ class ShapesDataset(Dataset):
         level = _coverage_level(min_coverage)
         i = self._check_index(index)
         g = self._geometry(i, self._rng(i))  # the first draws: no need to replay the rest
-        return torch.from_numpy(_object_coverage(g, self.image_size) >= level)
+        return torch.from_numpy(_object_coverage(g, self.image_size, self._templates) >= level)
 
     @property
     def concepts(self) -> list[str]:
@@ -393,7 +397,7 @@ class ShapesDataset(Dataset):
         its object (all but the ring's ``center``, which lies in the hole), then ``distractor``
         and ``background``. The same list for every seed and size.
         """
-        return list(_concept_names())
+        return list(_concept_names(type(self)))
 
     def concept_masks(self, index: int, *, min_coverage: float = 0.25) -> dict[str, torch.Tensor]:
         """Pixel masks of the concepts present in item ``index``, for network dissection.
@@ -444,8 +448,8 @@ class ShapesDataset(Dataset):
         level = _coverage_level(min_coverage)
         scene, _ = self._scene(self._check_index(index))
         g, s = scene.geometry, self.image_size
-        cls = CLASSES[g.label]
-        obj = _object_coverage(g, s) >= level
+        cls = self._class_names[g.label]
+        obj = _object_coverage(g, s, self._templates) >= level
         out: dict[str, np.ndarray] = {}
         if not obj.any():  # every object covers dozens of pixels; only min_coverage=1 at 16 px may not
             obj = np.zeros((s, s), dtype=bool)
@@ -454,7 +458,7 @@ class ShapesDataset(Dataset):
             out[f"color/{color_name(scene.color)}"] = obj.copy()
             # Parts: the disk test on the part's bounding window only (a few dozen pixels).
             r = PART_RADIUS * g.radius
-            for name, p in _TEMPLATES[g.label][1].items():
+            for name, p in self._templates[g.label][1].items():
                 kx, ky = self._to_pixels(g, p)
                 part = _disk(s, kx, ky, r)
                 part &= obj
@@ -515,7 +519,7 @@ class ShapesDataset(Dataset):
     def _make_targets(self) -> list[int]:
         # Row b is a random permutation of the classes for indices [b*k, (b+1)*k). The generator
         # fills rows in order, so a longer data set extends a shorter one's labels unchanged.
-        k = len(CLASSES)
+        k = len(self._class_names)
         keys = np.random.default_rng([self.seed]).random((-(-self.num_samples // k), k))
         return np.argsort(keys, axis=1).reshape(-1)[: self.num_samples].tolist()
 
@@ -579,7 +583,7 @@ class ShapesDataset(Dataset):
         # gradient and blobs vary across a large object), else parts of the shape vanish and the
         # label is unknowable. Rejection on the worst of its landmarks keeps the colour otherwise
         # uniform; after 30 tries the best candidate wins.
-        pts = [self._to_pixels(g, p) for p in _TEMPLATES[g.label][1].values()]
+        pts = [self._to_pixels(g, p) for p in self._templates[g.label][1].values()]
         rows = np.array([min(s - 1, max(0, int(y))) for _, y in pts])
         cols = np.array([min(s - 1, max(0, int(x))) for x, _ in pts])
         under = self._background(background, rows, cols)
@@ -660,7 +664,7 @@ class ShapesDataset(Dataset):
             _draw_distractors(ImageDraw.Draw(canvas), scene)
         bg1 = np.asarray(canvas.reduce(2), dtype=np.float32)
 
-        alpha = _object_coverage(g, s).astype(np.float32)[..., None] / 255.0
+        alpha = _object_coverage(g, s, self._templates).astype(np.float32)[..., None] / 255.0
 
         # Shading: the object's colour brightens along a random direction, a cue beyond flat colour.
         g1 = (np.arange(s, dtype=np.float32) + 0.5 - s / 2) / s
@@ -696,7 +700,9 @@ class _Scene:
     psi: float  # shading direction
 
 
-def _object_coverage(g: _Geometry, size: int) -> np.ndarray:
+def _object_coverage(
+    g: _Geometry, size: int, templates: list[tuple[list[_Op], dict[str, tuple[float, float]]]] = _TEMPLATES
+) -> np.ndarray:
     """The object's coverage of each pixel, uint8 ``[size, size]``: 0, 64, 128, 191 or 255.
 
     Drawn binary on a 2x canvas and box-filtered 2x2 down, so each value is a count of the
@@ -704,7 +710,7 @@ def _object_coverage(g: _Geometry, size: int) -> np.ndarray:
     """
     mask = Image.new("L", (2 * size, 2 * size), 0)
     mdraw = ImageDraw.Draw(mask)
-    for op in _TEMPLATES[g.label][0]:
+    for op in templates[g.label][0]:
         # continuous pixel coordinate p maps to PIL's 2x pixel-centre coordinate 2p - 0.5
         if op[0] == "poly":
             pts = [ShapesDataset._to_pixels(g, p) for p in op[1]]
@@ -746,16 +752,18 @@ def _disk(size: int, x: float, y: float, r: float) -> np.ndarray:
 
 
 @functools.cache
-def _concept_names() -> tuple[str, ...]:
-    names = [f"object/{c}" for c in CLASSES] + [f"color/{c}" for c in COLOR_NAMES]
+def _concept_names(kind: type[ShapesDataset] = ShapesDataset) -> tuple[str, ...]:
+    """The concept names of a data set class (its classes and templates), computed once."""
+    classes, templates = kind._class_names, kind._templates
+    names = [f"object/{c}" for c in classes] + [f"color/{c}" for c in COLOR_NAMES]
     # A landmark's part is listed when its disk overlaps the object drawn large (radius 48 px,
     # unrotated): that drops only the ring's centre, whose disk lies inside the hole.
     size = 128
-    for label, (_, keypoints) in enumerate(_TEMPLATES):
+    for label, (_, keypoints) in enumerate(templates):
         g = _Geometry(label, size / 2, size / 2, 48.0, 0.0)
-        obj = _object_coverage(g, size) > 0
+        obj = _object_coverage(g, size, templates) > 0
         for name, p in keypoints.items():
             x, y = ShapesDataset._to_pixels(g, p)
             if (_disk(size, x, y, PART_RADIUS * g.radius) & obj).any():
-                names.append(f"part/{CLASSES[label]}/{name}")
+                names.append(f"part/{classes[label]}/{name}")
     return (*names, "distractor", "background")

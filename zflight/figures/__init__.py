@@ -29,6 +29,7 @@ from zflight.figures.dissection import dissection_panel, unit_caption, unit_labe
 from zflight.figures.evaluation import evaluation_figure, sanity_figure
 from zflight.figures.invariance import example_strip, invariance_figure
 from zflight.figures.occlusion import occlusion_figure
+from zflight.figures.probe import probe_figure, probe_table
 from zflight.figures.report import ReportContent, render_html, write_site
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "evolution_grid",
     "filter_grid",
     "occlusion_figure",
+    "probe_figure",
+    "probe_table",
     "invariance_figure",
     "example_strip",
     "dissection_panel",

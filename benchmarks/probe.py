@@ -1,0 +1,136 @@
+"""Cost of the linear probes: features against one forward pass, and the solves against scikit-learn.
+
+Targets (issue 23):
+
+- probing conv1-conv5, fc6 and fc7 of the quickstart network (quarter-width ZFNet at 64 px) on
+  5,000 images costs at most 1.5x one forward pass over those images, plus the solves;
+- the solves are faster than scikit-learn's on the same features, side by side.
+
+Timings are the best of ``--repeats`` runs, interleaved, in one process, on images rendered
+before the clock starts (a TensorDataset), with ``torch.set_num_threads(--threads)``:
+
+- ``forward``: the whole network over the images, one pass per batch;
+- ``probe features``: :func:`zflight.analysis.probe.probe_features` of the seven layers (one
+  pass per batch that stops after fc7, each layer pooled in its hook);
+- per layer, on the features of the first ``--solve_images`` images (standardized), at one C:
+  zflight's L-BFGS (SVM and softmax) against ``LinearSVC`` and ``LogisticRegression(lbfgs)``
+  at their defaults, with the test accuracy of each on the remaining images.
+
+Run:
+    python benchmarks/probe.py --ckpt_path quickstart.ckpt
+    python benchmarks/probe.py --num_images 1000 --repeats 2    # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+# conv1-conv5, fc6, fc7 as the issue names them, read after their ReLUs (what a probe should see:
+# a conv's pooled output is linear in the pixels); the forward stops after relu7 either way.
+LAYERS = ["relu1", "relu2", "relu3", "relu4", "relu5", "relu6", "relu7"]
+
+
+def _model(ckpt_path: str | None) -> torch.nn.Module:
+    import zflight
+
+    if ckpt_path:
+        from zflight.checkpoint import load_classifier
+
+        return load_classifier(ckpt_path).model.eval()
+    torch.manual_seed(0)
+    return zflight.zfnet(num_classes=10, width=0.25, image_size=64, init="kaiming").eval()
+
+
+def _forward(model: torch.nn.Module, data: TensorDataset, batch_size: int) -> None:
+    with torch.no_grad():
+        for x, _ in DataLoader(data, batch_size=batch_size):
+            model(x)
+
+
+def _best(fn: Any, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt_path", default=None)
+    parser.add_argument("--num_images", type=int, default=5000)
+    parser.add_argument("--solve_images", type=int, default=1000)
+    parser.add_argument("--C", type=float, default=0.01)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    from zflight.analysis._linear import fit_linear_classifier, standardize
+    from zflight.analysis.probe import probe_features
+    from zflight.data.transfer import TransferShapesDataset
+
+    model = _model(args.ckpt_path)
+    ds = TransferShapesDataset(args.num_images).render_all(progress=False)
+    items = [ds[i] for i in range(len(ds))]
+    data = TensorDataset(torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
+
+    times = {"forward": float("inf"), "probe features": float("inf")}
+    feats: dict[str, torch.Tensor] = {}
+    for _ in range(args.repeats):  # interleaved: a slow minute hits both alike
+        times["forward"] = min(times["forward"], _best(lambda: _forward(model, data, args.batch_size), 1))
+        t = time.perf_counter()
+        feats, labels = probe_features(model, data, LAYERS, batch_size=args.batch_size, progress=False)
+        times["probe features"] = min(times["probe features"], time.perf_counter() - t)
+    ratio = times["probe features"] / times["forward"]
+    print(f"{args.num_images} images: forward {times['forward']:.2f} s, probe features {times['probe features']:.2f} s "
+          f"= {ratio:.2f}x", flush=True)
+
+    n = args.solve_images
+    solves: dict[str, Any] = {}
+    for layer in LAYERS:
+        x_tr, x_te = standardize(feats[layer][:n], feats[layer][n:])
+        y_tr, y_te = labels[:n], labels[n:]
+        row: dict[str, Any] = {"dims": int(x_tr.shape[1])}
+        for loss, ref in (("svm", LinearSVC(C=args.C)), ("logistic", LogisticRegression(C=args.C))):
+            ours_t, theirs_t = float("inf"), float("inf")
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                clf = fit_linear_classifier(x_tr, y_tr, loss=loss, C=args.C, num_classes=10)
+                ours_t = min(ours_t, time.perf_counter() - t)
+                t = time.perf_counter()
+                ref.fit(x_tr.numpy(), y_tr.numpy())
+                theirs_t = min(theirs_t, time.perf_counter() - t)
+            row[loss] = {
+                "zflight_s": ours_t,
+                "sklearn_s": theirs_t,
+                "zflight_acc": float((clf.predict(x_te) == y_te).double().mean()),
+                "sklearn_acc": float(ref.score(x_te.numpy(), y_te.numpy())),
+            }
+        solves[layer] = row
+        print(f"{layer:6s} {row['dims']:5d} dims | svm {row['svm']['zflight_s']:.2f} s vs LinearSVC "
+              f"{row['svm']['sklearn_s']:.2f} s (acc {row['svm']['zflight_acc']:.3f} / {row['svm']['sklearn_acc']:.3f})"
+              f" | softmax {row['logistic']['zflight_s']:.2f} s vs LogisticRegression "
+              f"{row['logistic']['sklearn_s']:.2f} s (acc {row['logistic']['zflight_acc']:.3f} / "
+              f"{row['logistic']['sklearn_acc']:.3f})", flush=True)
+    result = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+              "num_images": args.num_images, "solve_images": n, "C": args.C, "times": times,
+              "features_over_forward": ratio, "solves": solves}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
