@@ -60,6 +60,7 @@ from zflight.analysis._linear import (
     fit_linear_classifier,
     standardize,
 )
+from zflight.analysis.topk import _model_device
 from zflight.attribution._layers import forward_until, preserve_modes, resolve_layer
 
 __all__ = [
@@ -604,12 +605,6 @@ def _mean_class_accuracy(conf: torch.Tensor) -> float:
     return float((conf.diag()[has].double() / support[has].double()).mean())
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def _progress(loader: DataLoader, show: bool, total: int) -> Any:
