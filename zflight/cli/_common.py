@@ -62,6 +62,7 @@ __all__ = [
     "process_rank",
     "default_device",
     "layers_or_default",
+    "paper_or_stage_layers",
 ]
 
 
@@ -657,6 +658,29 @@ def layers_or_default(given: Sequence[str] | None, source: Any, *, quiet: bool =
     if not given and not quiet and process_rank() == 0:
         print(f"layers: {' '.join(layers)} (the default: each resolution stage's output; name others with --layers)",
               flush=True)
+    return layers
+
+
+def paper_or_stage_layers(given: Sequence[str] | None, source: Any, *, paper: Sequence[str], paper_why: str,
+                          pick: Callable[[list[str]], list[str]], pick_why: str) -> list[str]:
+    """``--layers`` (checked); else ``paper`` when the model has them all (zflight's networks); else
+    ``pick`` of the model's default layers (each resolution stage's output). The choice is printed.
+
+    Raises:
+        AnalysisError: see :func:`layers_or_default`.
+    """
+    from zflight.attribution import resolve_layer
+
+    if given:
+        return layers_or_default(given, source)
+    try:
+        for name in paper:
+            resolve_layer(source.model, name)
+        layers, why = list(paper), paper_why
+    except ValueError:
+        layers, why = pick(layers_or_default(None, source, quiet=True)), pick_why
+    if process_rank() == 0:
+        print(f"layers: {' '.join(layers)} ({why}; name others with --layers)", flush=True)
     return layers
 
 

@@ -59,7 +59,7 @@ from zflight.cli._common import (
     ArgumentParser,
     check_out,
     default_device,
-    layers_or_default,
+    paper_or_stage_layers,
     load_sources,
     output_dir,
     run_cli,
@@ -357,19 +357,9 @@ def _embedded(source: Any, split: str) -> Any:
 def _layers(given: Sequence[str] | None, source: Any) -> list[str]:
     """``--layers`` (checked), else the paper's layers 5 and 7 in zflight's networks, else the
     model's last two default layers (printed)."""
-    from zflight.attribution import resolve_layer
-
-    if given:
-        return layers_or_default(given, source)
-    try:
-        for name in _PAPER_LAYERS:
-            resolve_layer(source.model, name)
-        layers, why = list(_PAPER_LAYERS), "the paper's layers 5 and 7"
-    except ValueError:
-        layers = layers_or_default(None, source, quiet=True)[-2:]
-        why = "the last two default layers (each resolution stage's output)"
-    print(f"layers: {' '.join(layers)} ({why}; name others with --layers)", flush=True)
-    return layers
+    return paper_or_stage_layers(given, source, paper=_PAPER_LAYERS, paper_why="the paper's layers 5 and 7",
+                                 pick=lambda stages: stages[-2:],
+                                 pick_why="the last two default layers (each resolution stage's output)")
 
 
 def _to(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -48,7 +48,7 @@ from zflight.cli._common import (
     class_indices,
     default_device,
     embedded_dataset,
-    layers_or_default,
+    paper_or_stage_layers,
     load_network,
     load_sources,
     output_dir,
@@ -175,20 +175,9 @@ def _run(args: argparse.Namespace) -> Path:
 def _layers(given: Sequence[str] | None, source: Any) -> list[str]:
     """``--layers`` (checked), else the paper's layers 1 and 7 in zflight's networks, else the
     first and last of the model's default layers (printed)."""
-    from zflight.attribution import resolve_layer
-
-    if given:
-        return layers_or_default(given, source)
-    try:
-        for name in _PAPER_LAYERS:
-            resolve_layer(source.model, name)
-        layers, why = list(_PAPER_LAYERS), "the paper's layers 1 and 7"
-    except ValueError:
-        stages = layers_or_default(None, source, quiet=True)
-        layers = [stages[0], stages[-1]] if len(stages) > 1 else stages
-        why = "the first and last default layers (each resolution stage's output)"
-    print(f"layers: {' '.join(layers)} ({why}; name others with --layers)", flush=True)
-    return layers
+    return paper_or_stage_layers(given, source, paper=_PAPER_LAYERS, paper_why="the paper's layers 1 and 7",
+                                 pick=lambda stages: [stages[0], stages[-1]] if len(stages) > 1 else stages,
+                                 pick_why="the first and last default layers (each resolution stage's output)")
 
 
 def _from_files(args: argparse.Namespace, dataset: Any, source: Any, model: torch.nn.Module,
