@@ -72,6 +72,32 @@ def test_svm_probe_agrees_with_sklearn_linear_svc(C):
     assert float((ours.predict(xt) == y[100:]).double().mean()) == ref.score(xt.numpy(), y[100:].numpy())
 
 
+@pytest.mark.parametrize("loss", ["svm", "logistic"])
+def test_fewer_images_than_features_still_agree_with_sklearn(loss):
+    # The solver works in the span of the rows when N < D (here with a repeated row, so that
+    # span has a zero direction); the answer must not change.
+    x, y = _blobs(n=45, d=120, seed=2)
+    x[44] = x[41]
+    (xs,) = standardize(x)
+    ours = fit_linear_classifier(xs, y, loss=loss, C=0.1)
+    if loss == "svm":
+        ref = LinearSVC(C=0.1, tol=1e-10, max_iter=100_000).fit(xs.numpy(), y.numpy())
+    else:
+        ref = LogisticRegression(C=0.1, tol=1e-10, max_iter=10_000).fit(xs.numpy(), y.numpy())
+    assert ours.converged
+    assert _relative(ours.weight, ref.coef_) < 1e-3
+    assert _relative(ours.bias, ref.intercept_) < 1e-3
+
+
+def test_features_without_any_variance_fit_only_the_intercept_as_sklearn():
+    # A dead layer (all ReLUs off, as in some random networks) gives all-zero features.
+    x, y = torch.zeros(40, 60), torch.arange(40) % 4
+    ours = fit_linear_classifier(x, y, loss="svm", C=1.0)
+    ref = LinearSVC(C=1.0, tol=1e-10, max_iter=100_000).fit(x.numpy(), y.numpy())
+    assert ours.converged and not ours.weight.any()
+    assert _relative(ours.bias, ref.intercept_) < 1e-3
+
+
 def test_two_classes_fit_one_weight_vector_as_sklearn():
     x, y = _blobs(k=2)
     (xs,) = standardize(x)

@@ -15,8 +15,21 @@ strong-Wolfe line search (``torch.optim.LBFGS``) on the features' device, in flo
   like any weight. With two classes, one classifier (class 1 positive), as ``LinearSVC``.
 
 The objective is written as scikit-learn writes it (``C`` times the summed loss plus half the
-squared norm): it is 1-strongly convex, so a gradient of norm ``g`` leaves the weights at most
-``g`` from the optimum, and ``tol`` bounds the error of the coefficients directly.
+squared norm).
+
+Why it is fast: plain L-BFGS on these problems is slow because the features are strongly
+correlated (the Hessian ``I + C X^T D X`` has a condition number of 10^3-10^4 on a probe's
+1,024 ReLU features), so it took 500-900 iterations. :class:`_RowBasis` first rotates the
+features into the eigenbasis of their Gram matrix, ``X V`` with ``V^T X^T X V = diag(s^2)``,
+and L-BFGS then runs on ``u = z / p`` with ``p = (1 + a C s^2)^(-1/2)`` (``a`` the largest
+curvature of one sample's loss: 2 for the squared hinge, 1/4 for the logistic), where the
+Hessian is close to the identity: 10-20x fewer iterations (``benchmarks/probe.py``). This is an
+exact change of variables, not an approximation: ``V`` is orthonormal, so ``||w||^2 =
+||z||^2`` and the objective is the same function; and the optimal ``w`` lies in the span of
+the rows of ``X`` (every gradient of the loss does), so when there are fewer rows than features
+``V`` need only span those rows, and the problem shrinks to ``min(N, D)`` dimensions. The basis
+costs one eigendecomposition of the smaller Gram matrix, shared by every ``C`` that
+:func:`cross_validate` tries on a fold.
 
 :func:`standardize` (zero mean, unit variance per feature, from the training rows, as
 ``StandardScaler``) is applied by the caller; :func:`cross_validate` picks ``C``.
@@ -123,8 +136,10 @@ def fit_linear_classifier(
         loss: ``"logistic"`` (softmax) or ``"svm"`` (one-vs-rest squared hinge).
         C: inverse regularization strength (scikit-learn's ``C``), > 0.
         num_classes: ``K``; ``labels.max() + 1`` when ``None``.
-        tol: stop when every gradient entry is below this (the objective is 1-strongly
-            convex, so the weights are then within about ``tol * sqrt(K * D)`` of the optimum).
+        tol: stop when every entry of the gradient in the preconditioned coordinates (where
+            the Hessian is close to the identity, so the gradient measures the distance to the
+            optimum) is below this. At the default the coefficients agree with a solve to
+            1e-10 to about 1e-5 relative on the probes' features.
         max_iter: L-BFGS iterations at most.
         init: a previous solution of the same shape to start from (warm start).
 
@@ -140,10 +155,6 @@ def fit_linear_classifier(
         >>> clf.weight.shape, clf.predict(standardize(x)[0]).shape
         (torch.Size([3, 5]), torch.Size([60]))
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
-    if isinstance(C, bool) or not isinstance(C, (int, float)) or not C > 0:
-        raise ValueError(f"C must be a number > 0, got {C!r}")
     if features.dim() != 2 or labels.dim() != 1 or features.shape[0] != labels.shape[0]:
         raise ValueError(
             f"features must be [N, D] and labels [N]; got {tuple(features.shape)} and {tuple(labels.shape)}"
@@ -151,19 +162,91 @@ def fit_linear_classifier(
     x = features.double()
     y = labels.to(x.device).long()
     k = int(y.max()) + 1 if num_classes is None else int(num_classes)
+    _check(loss, C, k)
+    return _fit(_RowBasis.of(x), y, loss=loss, C=float(C), k=k, tol=tol, max_iter=max_iter, init=init)
+
+
+def _check(loss: str, C: float, k: int) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+    if isinstance(C, bool) or not isinstance(C, (int, float)) or not C > 0:
+        raise ValueError(f"C must be a number > 0, got {C!r}")
     if k < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {k}")
+
+
+@dataclass(frozen=True)
+class _RowBasis:
+    """The features in an orthonormal eigenbasis of their row space: ``coords = X @ basis``.
+
+    Attributes:
+        coords: ``[N, r]`` the features' coordinates, ``r <= min(N, D)``.
+        basis: ``[D, r]`` orthonormal columns spanning the rows of ``X``.
+        sq_scale: ``[r]`` the squared length of ``X`` along each column (its eigenvalues of
+            ``X^T X``), for the preconditioner.
+    """
+
+    coords: torch.Tensor
+    basis: torch.Tensor
+    sq_scale: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> _RowBasis:
+        n, d = x.shape
+        if n >= d:
+            sq_scale, basis = torch.linalg.eigh(x.T @ x)
+        else:
+            # Fewer rows than features: the eigenvectors u of the N x N Gram matrix give the row
+            # space's directions, X^T u / s. Directions of (numerically) zero length (repeated
+            # rows, dead features) are not in the row space: X^T u there is rounding noise, so
+            # they are left out. At 1e-10 of the largest the cut is far above eigh's error (about
+            # 1e-13 of it), and the optimum's part along a direction scales with its length, so
+            # what is cut is below 1e-5 of the weights. QR then re-orthonormalizes the rest to
+            # machine precision, largest first so that it moves them least, which keeps
+            # ||w|| = ||z|| exact.
+            sq_scale, u = torch.linalg.eigh(x @ x.T)
+            keep = (sq_scale > 1e-10 * sq_scale.max()).nonzero().flatten().flip(0)
+            sq_scale, u = sq_scale[keep], u[:, keep]
+            basis = torch.linalg.qr(x.T @ u).Q
+        return cls(coords=x @ basis, basis=basis, sq_scale=sq_scale.clamp_min(0.0))
+
+
+# The largest curvature of one sample's loss in its score, which sets the preconditioner:
+# the squared hinge's is 2, the logistic's 1/4 (softmax's is at most 1/2; 1/4 measured as good).
+_CURVATURE = {"svm": 2.0, "logistic": 0.25}
+
+
+def _fit(
+    basis: _RowBasis,
+    y: torch.Tensor,
+    *,
+    loss: str,
+    C: float,
+    k: int,
+    tol: float,
+    max_iter: int,
+    init: LinearClassifier | None,
+) -> LinearClassifier:
+    """L-BFGS on the preconditioned coordinates ``u`` of ``w = basis @ (p * u)``."""
+    x = basis.coords
     rows = 1 if k == 2 else k
-    weight = torch.zeros(rows, x.shape[1], dtype=torch.float64, device=x.device)
-    bias = torch.zeros(rows, dtype=torch.float64, device=x.device)
-    if init is not None and tuple(init.weight.shape) == tuple(weight.shape):
-        weight.copy_(init.weight)
-        bias.copy_(init.bias)
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
-    objective = _objective(loss, x, y, k, float(C))
+    a = _CURVATURE[loss]
+    scale = (1.0 + a * C * basis.sq_scale).rsqrt()
+    bias_scale = (1.0 + a * C * x.shape[0]) ** -0.5  # the intercept's "feature" is a column of ones
+    u = torch.zeros(rows, x.shape[1], dtype=torch.float64, device=x.device)
+    v = torch.zeros(rows, dtype=torch.float64, device=x.device)
+    if init is not None and tuple(init.weight.shape) == (rows, basis.basis.shape[0]):
+        u.copy_(init.weight.to(x) @ basis.basis / scale)
+        v.copy_(init.bias.to(x) / bias_scale)
+    u.requires_grad_(True)
+    v.requires_grad_(True)
+    objective = _objective(loss, x, y, k, C)
+
+    def value() -> torch.Tensor:
+        return objective(u * scale, v * bias_scale)
+
     optimizer = torch.optim.LBFGS(
-        [weight, bias],
+        [u, v],
         lr=1.0,
         max_iter=max_iter,
         max_eval=max_iter * 5 // 4 + 10,
@@ -172,30 +255,36 @@ def fit_linear_classifier(
         history_size=20,
         line_search_fn="strong_wolfe",
     )
-
     # Scale of the problem, for judging convergence where float64 can go no further.
-    start = max(float(g.abs().max()) for g in torch.autograd.grad(objective(weight, bias), [weight, bias]))
+    start = _largest(torch.autograd.grad(value(), [u, v]))
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=False)
-        value = objective(weight, bias)
-        value.backward()
-        return value
+        f = value()
+        f.backward()
+        return f
 
     optimizer.step(closure)
     state = optimizer.state[optimizer._params[0]]
     # The gradient at the point L-BFGS stopped (its last evaluation may be a rejected step).
-    grads = torch.autograd.grad(objective(weight, bias), [weight, bias])
-    grad_max = max(float(g.abs().max()) for g in grads)
+    grad_max = _largest(torch.autograd.grad(value(), [u, v]))
+    with torch.no_grad():
+        weight = (u * scale) @ basis.basis.T
+        bias = v * bias_scale
     return LinearClassifier(
         loss=loss,
-        C=float(C),
-        weight=weight.detach(),
-        bias=bias.detach(),
+        C=C,
+        weight=weight,
+        bias=bias.detach().clone(),
         num_classes=k,
         iterations=int(state.get("n_iter", 0)),
         converged=grad_max <= max(tol, 1e-8 * start),
     )
+
+
+def _largest(grads: Sequence[torch.Tensor]) -> float:
+    """The largest gradient entry (0 for an empty tensor: features with no variance at all)."""
+    return max((float(g.abs().max()) for g in grads if g.numel()), default=0.0)
 
 
 def _objective(loss: str, x: torch.Tensor, y: torch.Tensor, k: int, C: float):
@@ -281,6 +370,8 @@ def cross_validate(
     Cs = sorted(float(c) for c in Cs)
     if not Cs:
         raise ValueError("Cs is empty: give at least one value of C")
+    for c in Cs:
+        _check(loss, c, num_classes)
     counts = torch.bincount(labels.cpu().long(), minlength=num_classes)
     present = counts[counts > 0]
     folds = min(int(folds), int(present.min()))
@@ -291,12 +382,11 @@ def cross_validate(
     for f in range(folds):
         held_in, held_out = fold != f, fold == f
         x_in, x_out = standardize(features[held_in], features[held_out])
-        y_in, y_out = labels[held_in], labels[held_out]
+        y_in, y_out = labels[held_in].to(x_in.device).long(), labels[held_out]
+        basis = _RowBasis.of(x_in)  # one eigendecomposition per fold, for every C
         previous = None
         for c in Cs:
-            previous = fit_linear_classifier(
-                x_in, y_in, loss=loss, C=c, num_classes=num_classes, tol=tol, max_iter=max_iter, init=previous
-            )
+            previous = _fit(basis, y_in, loss=loss, C=c, k=num_classes, tol=tol, max_iter=max_iter, init=previous)
             totals[c] += float((previous.predict(x_out) == y_out.to(x_out.device)).double().mean())
     scores = {c: totals[c] / folds for c in Cs}
     best = max(scores.values())
