@@ -104,7 +104,7 @@ def test_build_model_builds_torchvision_models_by_name():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(arch="resnet81"), "arch='resnet81'.*did you mean.*resnet18"),
+        (dict(arch="resnet81"), "^arch: 'resnet81' is not zfnet.*did you mean.*resnet18"),
         (dict(arch="zfnet", width=0), "width must be a positive number"),
         (dict(arch="zfnet", image_size=16), "image_size=16 is too small"),
         (dict(arch="zfnet", weights="IMAGENET1K_V1"), "has no pretrained weights"),

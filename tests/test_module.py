@@ -147,3 +147,102 @@ def test_freeze_through_fc7_trains_only_the_head_and_keeps_frozen_layers_in_eval
 def test_freeze_through_the_head_is_refused():
     with pytest.raises(ValueError, match=r"freeze_through='fc8' freezes the head \(classifier.fc8\)"):
         _small(freeze_through="fc8")
+
+
+# ------------------------------------------------------- starting from any model source (Table 4)
+def test_pretrained_torchvision_weights_keep_all_but_a_fresh_head_sized_for_the_classes(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(0)
+    imagenet = torchvision.models.resnet18()  # stands in for the ImageNet weights (no network here)
+    torch.save(imagenet.state_dict(), cache / "resnet18-f37072fd.pth")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded"))
+    module = ImageClassifier(arch="resnet18", num_classes=5, weights="IMAGENET1K_V1", freeze_through="layer4")
+    ours, theirs = module.model.state_dict(), imagenet.state_dict()
+    assert ours["fc.weight"].shape == (5, 512)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith("fc."))
+    assert [n for n, p in module.model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+
+
+def test_init_from_a_weights_file_of_a_torchvision_network(resnet18_file):
+    module = ImageClassifier(arch="resnet18", num_classes=4, init_from=str(resnet18_file))
+    theirs = torch.load(resnet18_file, weights_only=True)
+    ours = module.model.state_dict()
+    assert ours["fc.weight"].shape == (4, 512)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith("fc."))
+
+
+def test_a_timm_model_trains_with_its_head_sized_for_the_classes(tmp_path):
+    pytest.importorskip("timm")
+    module = ImageClassifier(arch="timm:test_resnet", num_classes=3, image_size=64)
+    assert module(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+    _trainer(tmp_path, max_steps=1).fit(module, _loader(classes=3))
+    assert module.global_step == 1
+
+
+_OWN_NET = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, channels: int = 4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, channels, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(channels, 1000)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+'''
+
+
+def test_your_own_network_with_model_args_fine_tunes_from_its_weights_and_reloads_alone(tmp_path, monkeypatch):
+    from zflight.checkpoint import load_classifier
+
+    (tmp_path / "mynets.py").write_text(_OWN_NET)
+    monkeypatch.chdir(tmp_path)
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        pretrained = importlib.import_module("mynets").Net(channels=6)
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.save({"state_dict": {f"model.{k}": v for k, v in pretrained.state_dict().items()}}, tmp_path / "pre.ckpt")
+    module = ImageClassifier(arch="mynets:Net", model_args={"channels": 6}, num_classes=3,
+                             init_from=str(tmp_path / "pre.ckpt"), freeze_through="body", filter_radius=None)
+    assert module.model.head.out_features == 3
+    assert torch.equal(module.model.body[0].weight, pretrained.body[0].weight)  # the "model." prefix stripped
+    trainer = _trainer(tmp_path, max_steps=1, enable_checkpointing=True)
+    trainer.fit(module, _loader(classes=3, size=16))
+    trainer.save_checkpoint(tmp_path / "tuned.ckpt")
+    (tmp_path / "pre.ckpt").unlink()  # the fine-tuned checkpoint must not need its starting point
+    reloaded = load_classifier(tmp_path / "tuned.ckpt").model
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), module.model.state_dict().values()))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(arch="resnet18", weights="IMAGENET1K_V1", init_from="x.pt"),
+         r"^init_from: give the starting weights once: weights='IMAGENET1K_V1' or init_from='x.pt', not both$"),
+        (dict(arch="timm:resnet18x"), r"^arch: 'resnet18x' is not a timm model"),
+        (dict(arch="no_such_package.nets:Net"), r"^arch: cannot import no_such_package.nets"),
+        (dict(arch="resnet18", model_args={"depth": 3}), r"^model_args: resnet18\(\) got an unexpected keyword"),
+        (dict(arch="zfnet", model_args={"depth": 3}), r"^model_args: zflight's zfnet takes width"),
+        (dict(arch="resnet18", init_from="missing.pt"), r"^init_from: no such file: missing.pt$"),
+    ],
+)
+def test_bad_model_sources_are_one_line_naming_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ImageClassifier(num_classes=3, **kwargs)
+
+
+def test_init_from_another_networks_weights_names_the_weight(resnet18_file):
+    with pytest.raises(ValueError, match=r"^init_from: .*resnet18.pt does not fit this model: layer1.2.conv1.weight "
+                                         r"is missing there, \(64, 64, 3, 3\) here$"):
+        ImageClassifier(arch="resnet34", num_classes=4, init_from=str(resnet18_file))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -21,6 +22,8 @@ __all__ = [
     "zfnet",
     "alexnet_zf",
     "build_model",
+    "fit_head",
+    "head_name",
     "renormalize_filters",
     "init_weights",
 ]
@@ -280,62 +283,115 @@ def build_model(
     dropout: float = 0.5,
     init: Init = "paper",
     weights: str | None = None,
+    model_args: Mapping[str, Any] | str | None = None,
 ) -> nn.Module:
-    """Build ``zfnet``, ``alexnet_zf`` or any torchvision classification model by name.
+    """Build a classifier with ``num_classes`` outputs from any model source zflight reads.
 
     Args:
-        arch: ``"zfnet"``, ``"zfnet_b"`` (variant b), ``"alexnet_zf"`` or a torchvision
-            classification builder name such as ``"resnet18"``.
+        arch: ``"zfnet"``, ``"zfnet_b"`` (variant b), ``"alexnet_zf"``, a torchvision
+            classification builder name such as ``"resnet18"``, ``"timm:NAME"`` (a timm model) or
+            ``"package.module:attr"`` (a class or function of your own code, imported from the
+            current folder), as ``--model`` names a model for the analysis tools.
         num_classes: number of classes.
         width: channel multiplier (zflight's networks only).
-        image_size: input size (zflight's networks only; torchvision models adapt by pooling).
+        image_size: input size (zflight's networks only; the others adapt by pooling).
         dropout: dropout of the fully connected layers (zflight's networks only).
         init: weight initialization of zflight's networks.
-        weights: torchvision weights name (e.g. ``"IMAGENET1K_V1"``); ``None`` for random weights.
-            Pretrained weights are downloaded by torchvision and need a network.
+        weights: pretrained weights: a torchvision weights name (``"IMAGENET1K_V1"``,
+            ``"DEFAULT"``) or ``"pretrained"`` for timm; ``None`` for random weights. They come from
+            torchvision's or timm's cache, downloaded there when missing (that needs a network).
+            Weights made for another number of classes keep everything but the head, which
+            starts fresh with ``num_classes`` outputs (see :func:`fit_head`).
+        model_args: keyword arguments for a torchvision, timm or imported builder (a dict or
+            a JSON object).
 
     Returns:
         The model.
 
     Raises:
-        ValueError: unknown ``arch`` (the message lists close names).
+        ValueError: one line naming ``arch`` (an unknown name, with close names; an import that
+            fails), ``weights`` or ``model_args``.
 
     Example:
         >>> build_model("resnet18", num_classes=10).fc.out_features
         10
     """
+    from zflight import sources
+
+    args = sources.parse_model_args(model_args)
     if arch in _ZF_ARCHS or arch == "zfnet_b":
         if weights is not None:
             raise ValueError(f"weights={weights!r}: zflight's {arch} has no pretrained weights")
+        if args:
+            raise ValueError(f"model_args: zflight's {arch} takes width, image_size, dropout and init instead")
         kwargs = dict(num_classes=num_classes, width=width, image_size=image_size)
         kwargs.update(dropout=dropout, init=init)
         if arch == "zfnet_b":
             return zfnet(wide=True, **kwargs)
         return _ZF_ARCHS[arch](**kwargs)
 
-    import difflib
+    try:
+        if arch.startswith("timm:"):
+            # timm sizes the head itself and keeps the rest of pretrained weights for another count.
+            args.setdefault("num_classes", num_classes)
+            return sources._from_timm(arch[len("timm:"):], weights, args, None).model
+        if ":" in arch:
+            if weights is not None:
+                raise ValueError(f"weights: {arch} is your own code, with no named weights; give its weights "
+                                 "file as init_from")
+            return fit_head(sources._from_import(arch, weights, args).model, num_classes)
+        if weights is None:
+            return sources._from_torchvision(arch, None, {"num_classes": num_classes, **args}).model
+        return fit_head(sources._from_torchvision(arch, weights, args).model, num_classes)
+    except ValueError as err:
+        text = str(err)
+        if text.startswith("model: "):  # sources name the analysis tools' --model; here it is arch
+            text = f"arch: {text[len('model: '):]}"
+        if "is not a torchvision classification model" in text:
+            text = text.replace("is not a torchvision classification model",
+                                "is not zfnet, zfnet_b, alexnet_zf or a torchvision classification model")
+        raise ValueError(text) from None
 
-    import torchvision
 
-    available = torchvision.models.list_models(module=torchvision.models)
-    if arch not in available:
-        names = sorted([*_ZF_ARCHS, "zfnet_b", *available])
-        close = difflib.get_close_matches(arch, names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"arch={arch!r} is not zfnet, zfnet_b, alexnet_zf or a torchvision classification "
-            f"model{hint}"
-        )
-    kwargs = {}
-    if weights is None:
-        kwargs["num_classes"] = num_classes
-    model = torchvision.models.get_model(arch, weights=weights, **kwargs)
-    if weights is not None and num_classes != 1000:
-        raise ValueError(
-            f"weights={weights!r} come with 1000 classes; num_classes={num_classes} needs "
-            "weights=None (or replace the head yourself)"
-        )
+def fit_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Give ``model`` a head (its last ``nn.Linear``) with ``num_classes`` outputs, in place.
+
+    A head of another size is replaced by a fresh ``nn.Linear`` (PyTorch's default init) with the
+    same inputs; the rest of the model is untouched. Fine-tuning a network pretrained on
+    ImageNet's 1,000 classes on a data set of 101 starts this way (the paper's Table 4).
+
+    Raises:
+        ValueError: the model has no linear layer.
+
+    Example:
+        >>> fit_head(nn.Sequential(nn.Flatten(), nn.Linear(12, 1000)), 5)[1].out_features
+        5
+    """
+    name = head_name(model)
+    head = model.get_submodule(name)
+    if head.out_features == num_classes:
+        return model
+    parent_name, _, attr = name.rpartition(".")
+    fresh = nn.Linear(head.in_features, num_classes, bias=head.bias is not None,
+                      device=head.weight.device, dtype=head.weight.dtype)
+    setattr(model.get_submodule(parent_name), attr, fresh)
     return model
+
+
+def head_name(model: nn.Module) -> str:
+    """The dotted name of ``model``'s last ``nn.Linear``: its classifier head.
+
+    Raises:
+        ValueError: the model has no linear layer.
+
+    Example:
+        >>> head_name(zfnet(num_classes=10, width=0.125, image_size=64))
+        'classifier.fc8'
+    """
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear layer to use as the classifier head")
+    return linears[-1]
 
 
 @torch.no_grad()

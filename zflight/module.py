@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
-from zflight.models import Init, build_model, renormalize_filters
+from zflight.models import Init, build_model, head_name, renormalize_filters
 
 __all__ = ["ImageClassifier"]
 
@@ -30,13 +30,21 @@ class ImageClassifier(LightningModule):
     10-crop protocol) is scored on the softmax averaged over its crops.
 
     Args:
-        arch: ``zfnet``, ``zfnet_b``, ``alexnet_zf`` or a torchvision classification model name.
+        arch: ``zfnet``, ``zfnet_b``, ``alexnet_zf``, a torchvision classification model name
+            (``resnet18``), ``timm:NAME`` or ``package.module:attr`` (your own network class or
+            function, imported from the current folder): the model sources the analysis tools
+            read with ``--model``. Its forward must return the class scores.
         num_classes: number of classes (linked to the data module's by the CLI).
         width: channel multiplier of zflight's networks (0.25 in the quickstart).
         image_size: input height/width (linked to the data module's by the CLI).
         dropout: dropout of fc6 and fc7.
         init: ``paper`` (N(0, 1e-2), zero biases) or ``kaiming``.
-        weights: torchvision pretrained weights name, or ``None`` for random weights.
+        weights: pretrained weights: a torchvision weights name (``IMAGENET1K_V1``) or
+            ``pretrained`` (timm); ``None`` for random weights. Weights for another number of
+            classes keep all but the head, which starts fresh with ``num_classes`` outputs
+            (the paper's Table 4 "pretrained" rows, from an ImageNet network).
+        model_args: keyword arguments for a torchvision, timm or imported builder (a dict; a
+            JSON object on the command line).
         optimizer: a callable that makes the optimizer from the parameters (in a config:
             ``class_path: torch.optim.AdamW`` with ``init_args``); ``None`` is the paper's SGD
             (lr 1e-2, momentum 0.9).
@@ -46,11 +54,13 @@ class ImageClassifier(LightningModule):
             optimizer step; ``None`` turns it off.
         channels_last: keep the model and batches in channels-last memory format (faster on
             recent GPUs with mixed precision).
-        init_from: fine-tune: a zflight checkpoint (``python -m zflight fit``) whose network
-            weights are copied into this model, all but the head (the last linear layer), which
-            starts fresh, sized for ``num_classes``. The model (``arch``, ``width``,
-            ``image_size``) must be the checkpoint's; a weight that does not fit is one line
-            naming it. The paper's Table 4 "pretrained" rows.
+        init_from: fine-tune from a file: a zflight checkpoint (``python -m zflight fit``) or a
+            weights file of ``arch``'s network (a ``state_dict``, a Lightning ``.ckpt`` or
+            ``.safetensors``, read weights-only; a wrapper's key prefix such as ``model.`` is
+            stripped). Every weight is copied into this model but the head's (the last linear
+            layer), which starts fresh, sized for ``num_classes``. The network must be the
+            file's (for zflight's: ``arch``, ``width``, ``image_size``); a weight that does not
+            fit is one line naming it. The paper's Table 4 "pretrained" rows.
         freeze_through: a layer name (``fc7``, ``conv5``): that layer and every layer before it
             (in the order the model registers them) are frozen: no gradient, no filter
             renormalization, and kept in eval mode while training (dropout off, batch-norm
@@ -85,10 +95,14 @@ class ImageClassifier(LightningModule):
         channels_last: bool = False,
         init_from: str | None = None,
         freeze_through: str | None = None,
+        model_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if filter_radius is not None and not filter_radius > 0:
             raise ValueError(f"filter_radius must be > 0 or None, got {filter_radius}")
+        if init_from is not None and weights is not None:
+            raise ValueError(f"init_from: give the starting weights once: weights={weights!r} or "
+                             f"init_from={init_from!r}, not both")
         # The optimizer and scheduler factories are code, not data: keeping them out of the
         # hyperparameters keeps checkpoints loadable with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -100,6 +114,7 @@ class ImageClassifier(LightningModule):
             dropout=dropout,
             init=init,
             weights=weights,
+            model_args=model_args,
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -209,40 +224,44 @@ class ImageClassifier(LightningModule):
         }
 
 
-def _head_name(model: torch.nn.Module) -> str:
-    """The dotted name of the model's last linear layer (its classifier head)."""
-    linears = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    if not linears:
-        raise ValueError(f"init_from: {type(model).__name__} has no linear layer to use as the head")
-    return linears[-1]
-
-
 def _copy_all_but_head(model: torch.nn.Module, path: str) -> None:
-    """Copy a zflight checkpoint's network weights into ``model``, all but the head's."""
-    from zflight.checkpoint import read_checkpoint
+    """Copy a weights file's tensors into ``model``, all but the head's; one line if they do not fit."""
+    from zflight.sources import _match_prefix, read_weights
 
     try:
-        source, _ = read_checkpoint(path)
+        head = head_name(model) + "."
+        state = read_weights(path)
     except (FileNotFoundError, ValueError) as err:
-        raise ValueError(f"init_from: {err}") from None
-    theirs = source.model.state_dict()
-    head = _head_name(model) + "."
+        raise ValueError(f"init_from: {str(err).removeprefix('checkpoint: ')}") from None
     own = model.state_dict()
-    copied = {}
+    theirs = _match_prefix(state, own)  # a LightningModule's "model." prefix, DDP's "module."
     for key, value in own.items():
         if key.startswith(head):
             continue
         if key not in theirs or tuple(theirs[key].shape) != tuple(value.shape):
             got = "missing" if key not in theirs else f"{tuple(theirs[key].shape)}"
             raise ValueError(
-                f"init_from: {path} does not fit this model: {key} is {got} there, {tuple(value.shape)} here "
-                f"(give the checkpoint's arch, width and image_size: {source.hparams.get('arch')}, "
-                f"{source.hparams.get('width')}, {source.hparams.get('image_size')})"
+                f"init_from: {path} does not fit this model: {key} is {got} there, {tuple(value.shape)} here"
+                f"{_zflight_hint(path)}"
             )
-        copied[key] = theirs[key]
     with torch.no_grad():
-        for key, value in copied.items():
-            own[key].copy_(value)
+        for key, value in own.items():
+            if not key.startswith(head):
+                value.copy_(theirs[key])
+
+
+def _zflight_hint(path: str) -> str:
+    """For a zflight checkpoint that does not fit: the arch, width and image_size it was trained at."""
+    from zflight.checkpoint import load_torch_file
+
+    try:
+        hp = load_torch_file(path, mmap=True).get("hyper_parameters") or {}
+    except Exception:  # only a hint: the error it goes with is already one line
+        return ""
+    if "arch" not in hp:
+        return ""
+    return (f" (give the checkpoint's arch, width and image_size: {hp.get('arch')}, {hp.get('width')}, "
+            f"{hp.get('image_size')})")
 
 
 def _freeze_through(model: torch.nn.Module, layer: str) -> list[torch.nn.Module]:
@@ -256,7 +275,10 @@ def _freeze_through(model: torch.nn.Module, layer: str) -> list[torch.nn.Module]
     leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
     inside = [i for i, (n, _) in enumerate(leaves) if n == name or n.startswith(name + ".")]
     frozen = [m for _, m in leaves[: max(inside) + 1]]
-    head = _head_name(model)
+    try:
+        head = head_name(model)
+    except ValueError as err:
+        raise ValueError(f"freeze_through: {err}") from None
     if any(n == head for n, _ in leaves[: max(inside) + 1]):
         raise ValueError(f"freeze_through={layer!r} freezes the head ({head}): nothing would train")
     for m in frozen:
