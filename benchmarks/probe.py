@@ -7,7 +7,8 @@ Targets (issue 23):
 - the solves are faster than scikit-learn's on the same features, side by side.
 
 Timings are the best of ``--repeats`` runs, interleaved, in one process, on images rendered
-before the clock starts (a TensorDataset), with ``torch.set_num_threads(--threads)``:
+before the clock starts (a TensorDataset), with ``--threads`` threads for torch and for
+scikit-learn's BLAS alike:
 
 - ``forward``: the whole network over the images, one pass per batch;
 - ``probe features``: :func:`zflight.analysis.probe.probe_features` of the seven layers (one
@@ -105,6 +106,10 @@ def main() -> dict[str, Any]:
     parser.add_argument("--batch_size", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # scikit-learn's BLAS (numpy's OpenBLAS) gets the same number of threads as torch.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
