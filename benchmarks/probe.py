@@ -71,12 +71,11 @@ def _best(fn: Any, repeats: int) -> float:
     return best
 
 
-def _matched(loss: str, C: float, x: torch.Tensor, y: torch.Tensor, exact: torch.Tensor, target: float,
-             repeats: int) -> tuple[float, float, float]:
+def _matched(loss: str, C: float, x: torch.Tensor, y: torch.Tensor, exact: torch.Tensor,
+             target: float) -> tuple[float, Any, float]:
     """scikit-learn at the first tolerance whose coefficients are within ``target`` of ``exact``.
 
-    Returns ``(tol, best seconds, its distance)``; the tolerances are tried untimed, then the
-    chosen one is timed ``repeats`` times.
+    Returns ``(tol, the unfitted estimator, its distance)``; the tolerances are tried untimed.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
@@ -91,8 +90,7 @@ def _matched(loss: str, C: float, x: torch.Tensor, y: torch.Tensor, exact: torch
         err = float((torch.as_tensor(make(tol).fit(xn, yn).coef_, dtype=torch.float64) - exact).norm() / exact.norm())
         if err <= target:
             break
-    best = _best(lambda: make(tol).fit(xn, yn), repeats)
-    return tol, best, err
+    return tol, make(tol), err
 
 
 def main() -> dict[str, Any]:
@@ -143,8 +141,11 @@ def main() -> dict[str, Any]:
         for loss, ref in (("svm", LinearSVC(C=args.C)), ("logistic", LogisticRegression(C=args.C))):
             exact = fit_linear_classifier(x_tr, y_tr, loss=loss, C=args.C, num_classes=10, tol=1e-10,
                                           max_iter=20_000).weight
-            ours_t, theirs_t = float("inf"), float("inf")
-            for _ in range(args.repeats):
+            clf = fit_linear_classifier(x_tr, y_tr, loss=loss, C=args.C, num_classes=10)
+            ours_err = float((clf.weight - exact).norm() / exact.norm())
+            matched_tol, matched, matched_err = _matched(loss, args.C, x_tr, y_tr, exact, ours_err)
+            ours_t, theirs_t, matched_t = float("inf"), float("inf"), float("inf")
+            for _ in range(args.repeats):  # the three interleaved: a slow moment hits them alike
                 t = time.perf_counter()
                 clf = fit_linear_classifier(x_tr, y_tr, loss=loss, C=args.C, num_classes=10)
                 ours_t = min(ours_t, time.perf_counter() - t)
@@ -153,9 +154,10 @@ def main() -> dict[str, Any]:
                     t = time.perf_counter()
                     ref.fit(x_tr.numpy(), y_tr.numpy())
                     theirs_t = min(theirs_t, time.perf_counter() - t)
+                t = time.perf_counter()
+                matched.fit(x_tr.numpy(), y_tr.numpy())
+                matched_t = min(matched_t, time.perf_counter() - t)
             theirs_w = torch.as_tensor(ref.coef_, dtype=torch.float64)
-            ours_err = float((clf.weight - exact).norm() / exact.norm())
-            matched_tol, matched_t, matched_err = _matched(loss, args.C, x_tr, y_tr, exact, ours_err, args.repeats)
             row[loss] = {
                 "zflight_s": ours_t,
                 "sklearn_s": theirs_t,
@@ -170,7 +172,6 @@ def main() -> dict[str, Any]:
                 "sklearn_iter": int(max(torch.as_tensor(ref.n_iter_).flatten().tolist())),
             }
         solves[layer] = row
-        s_, l_ = row["svm"], row["logistic"]
         print(f"{layer:6s} {row['dims']:5d} dims", flush=True)
         for loss, name in (("svm", "LinearSVC"), ("logistic", "LogisticRegression")):
             r = row[loss]

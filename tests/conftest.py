@@ -85,3 +85,33 @@ def photo_folders(tmp_path_factory):
     for k in range(4):
         write(root / "flat" / f"photo{k}.{'png' if k % 2 else 'jpeg'}", k)
     return root / "classes", root / "flat"
+
+
+_OWN_NETWORK = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, channels: int = 4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, channels, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(channels, 1000)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+"""
+
+
+@pytest.fixture
+def own_network(tmp_path, monkeypatch):
+    """A user's own network code, ``mynets.Net(channels)`` (1,000 outputs), importable from the
+    current folder (``tmp_path``) as ``--model mynets:Net`` would import it; returns the module."""
+    import importlib
+    import sys
+
+    (tmp_path / "mynets.py").write_text(_OWN_NETWORK)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mynets", raising=False)  # another test's copy
+    return importlib.import_module("mynets")
+

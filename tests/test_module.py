@@ -183,35 +183,10 @@ def test_a_timm_model_trains_with_its_head_sized_for_the_classes(tmp_path):
     assert module.global_step == 1
 
 
-_OWN_NET = '''
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, channels: int = 4):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, channels, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(channels, 1000)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-'''
-
-
-def test_your_own_network_with_model_args_fine_tunes_from_its_weights_and_reloads_alone(tmp_path, monkeypatch):
+def test_your_own_network_with_model_args_fine_tunes_from_its_weights_and_reloads_alone(tmp_path, own_network):
     from zflight.checkpoint import load_classifier
 
-    (tmp_path / "mynets.py").write_text(_OWN_NET)
-    monkeypatch.chdir(tmp_path)
-    import importlib
-    import sys
-
-    sys.path.insert(0, str(tmp_path))
-    try:
-        pretrained = importlib.import_module("mynets").Net(channels=6)
-    finally:
-        sys.path.remove(str(tmp_path))
+    pretrained = own_network.Net(channels=6)
     torch.save({"state_dict": {f"model.{k}": v for k, v in pretrained.state_dict().items()}}, tmp_path / "pre.ckpt")
     module = ImageClassifier(arch="mynets:Net", model_args={"channels": 6}, num_classes=3,
                              init_from=str(tmp_path / "pre.ckpt"), freeze_through="body", filter_radius=None)

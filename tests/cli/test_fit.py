@@ -217,31 +217,11 @@ def test_a_callback_layer_the_network_lacks_is_one_error_line_before_training(tm
     assert not list((tmp_path / "runs").rglob("*.ckpt"))  # nothing trained
 
 
-_OWN_NET = '''
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, channels: int = 4):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, channels, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(channels, 1000)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-'''
-
-
-def test_fit_fine_tunes_your_own_network_from_its_weights_file(tmp_path, monkeypatch, capsys):
+def test_fit_fine_tunes_your_own_network_from_its_weights_file(tmp_path, own_network):
     # --model.arch package.module:attr with --model.model_args as JSON, --model.init_from a
     # weights file made for 1,000 classes: the head is resized to the data's 10, the body frozen.
-    (tmp_path / "mynets.py").write_text(_OWN_NET)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import mynets
-
     torch.manual_seed(0)
-    pretrained = mynets.Net(channels=6)
+    pretrained = own_network.Net(channels=6)
     torch.save(pretrained.state_dict(), tmp_path / "pretrained.pt")
     main(["fit", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs=1", "--trainer.logger=false",
           "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",

@@ -28,6 +28,8 @@ def test_figure_has_five_panels_per_image_and_renders(model):
     assert maps.layer == "features.relu5" and proj.shape == x.shape
     fig = occlusion_figure(ds.denormalize(x), maps, proj, class_names=ds.classes)
     assert len(fig.axes) >= 10  # 2 rows × 5 panels (+ colorbars)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any(t.startswith("relu5 map ") and t.endswith(": total") for t in titles)  # layer_label's name
     image = figure_to_tensor(fig)
     assert image.shape[0] == 3 and 0.0 <= float(image.min()) <= float(image.max()) <= 1.0
     record = occlusion_record(maps, 1, class_names=ds.classes, index=1)

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zflight.attribution._layers import layer_outputs, preserve_modes, resolve_layer
+from zflight.attribution._layers import layer_label, layer_outputs, preserve_modes, resolve_layer
 
 __all__ = [
     "Correspondence",
@@ -239,7 +239,7 @@ class Correspondence:
         Example:
             >>> print(result.table())  # doctest: +SKIP
         """
-        short = [name.rsplit(".", 1)[-1] for name in self.layers]
+        short = [layer_label(name) for name in self.layers]
         head = "| occlusion | " + " | ".join(f"Δ {s}" for s in short) + " |"
         lines = [head, "|" + "---|" * (len(short) + 1)]
         for row in self.rows:

@@ -14,7 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["resolve_layer", "forward_to", "forward_until", "layer_outputs", "LayerNotReachedError", "preserve_modes"]
+__all__ = [
+    "resolve_layer",
+    "layer_label",
+    "forward_to",
+    "forward_until",
+    "layer_outputs",
+    "LayerNotReachedError",
+    "preserve_modes",
+]
 
 
 class LayerNotReachedError(ValueError):
@@ -61,6 +69,23 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     ]
     hint = f"; did you mean {', '.join(repr(c) for c in close[:3])}?" if close else ""
     raise ValueError(f"layer={layer!r} is not a module of {type(model).__name__}{hint}")
+
+
+def layer_label(name: str) -> str:
+    """How figures and tables title a layer: its dotted name, less zflight's container prefix.
+
+    ZFNet's ``features.conv5`` and ``classifier.fc7`` become ``conv5`` and ``fc7`` (the paper's
+    names); every other name stays whole, since its last part alone is ambiguous (``conv2`` of
+    ResNet's ``layer4.1.conv2`` is one of eight) or meaningless (``28`` of VGG's ``features.28``).
+
+    Example:
+        >>> [layer_label(n) for n in ["features.conv5", "layer4.1.conv2", "features.28"]]
+        ['conv5', 'layer4.1.conv2', 'features.28']
+    """
+    head, _, tail = name.partition(".")
+    if head in ("features", "classifier") and tail and "." not in tail and not tail[0].isdigit():
+        return tail
+    return name
 
 
 class _StopForward(Exception):

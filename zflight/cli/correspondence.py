@@ -67,6 +67,7 @@ from zflight.cli._common import (
     subcommand_parser,
     write_json,
 )
+from zflight.attribution._layers import layer_label
 from zflight.figures import save_figure
 
 __all__ = ["correspondence_figure", "main"]
@@ -126,7 +127,7 @@ def correspondence_figure(
                 ax.bar(j + (k - (len(rows) - 1) / 2) * width, res.mean(r, layer, per_pair=True), width,
                        yerr=res.std(r, layer, per_pair=True), color=colors[r], capsize=2,
                        hatch="//" if r == "random" else None, edgecolor="0.3", lw=0.5)
-        ax.set_xticks(range(len(res.layers)), [n.rsplit(".", 1)[-1] for n in res.layers], fontsize=8)
+        ax.set_xticks(range(len(res.layers)), [layer_label(n) for n in res.layers], fontsize=8)
         ax.set_ylabel("Δ / n(n−1)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(handles=[Patch(color=colors[r], label=r) for r in rows], fontsize=7,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from zflight.analysis.sanity import RandomizationResult
+from zflight.attribution._layers import layer_label
 from zflight.figures.grids import DISPLAY_PERCENTILE
 
 __all__ = ["evaluation_figure", "sanity_figure"]
@@ -165,7 +166,7 @@ def sanity_figure(results: Mapping[str, RandomizationResult]) -> Any:
     first = next(iter(results.values()))
     if any(r.layers != first.layers for r in results.values()):
         raise ValueError("results must all randomize the same layers")
-    labels = ["none"] + [name.rsplit(".", 1)[-1] for name in first.layers]
+    labels = ["none"] + [layer_label(name) for name in first.layers]
     if first.mode == "cascading":
         labels = [labels[0]] + [f"+{name}" if j else name for j, name in enumerate(labels[1:])]
     x = np.arange(len(labels))

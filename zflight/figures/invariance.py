@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from zflight.analysis.invariance import InvarianceCurves, transform_images
+from zflight.attribution._layers import layer_label
 
 __all__ = ["invariance_figure", "example_strip"]
 
@@ -93,7 +94,7 @@ def invariance_figure(
             values = (c.relative if relative else c.distance)[name].numpy()
             for i in range(n):
                 ax.plot(x, values[i], "-o", ms=2.5, lw=1.2, color=colors[i], label=names[i])
-            short = name.rsplit(".", 1)[-1]
+            short = layer_label(name)
             ax.set_title(f"{short}: {'relative ' if relative else ''}distance", fontsize=9)
             ax.set_xlabel(units[c.transform], fontsize=8)
             ax.tick_params(labelsize=7)

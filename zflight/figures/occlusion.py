@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from zflight.analysis.occlusion import class_namer
+from zflight.attribution._layers import layer_label
 from zflight.attribution.occlusion import OcclusionMaps
 
 __all__ = ["occlusion_figure"]
@@ -130,7 +131,7 @@ def occlusion_figure(
             im = ax.imshow(maps.activation[i].cpu().numpy(), extent=extent, cmap="jet",
                            interpolation="nearest")
             fig.colorbar(im, ax=ax, shrink=0.8)
-            ax.set_title(f"{_short(maps.layer)} map {int(maps.channel[i])}: total", fontsize=9)
+            ax.set_title(f"{layer_label(maps.layer or '')} map {int(maps.channel[i])}: total", fontsize=9)
             col += 1
         if projections is not None:
             from zflight.figures.grids import normalize_projection
@@ -138,7 +139,7 @@ def occlusion_figure(
             ax = row[col]
             shown = normalize_projection(projections[i].detach().cpu())
             ax.imshow(_hwc(shown), interpolation="nearest")
-            ax.set_title(f"{_short(maps.layer)} map {int(maps.channel[i])}: projection",
+            ax.set_title(f"{layer_label(maps.layer or '')} map {int(maps.channel[i])}: projection",
                          fontsize=9)
             col += 1
         ax = row[col]
@@ -167,10 +168,6 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
     if image.shape[0] == 1:
         return image[0].numpy()
     return image.permute(1, 2, 0).numpy()
-
-
-def _short(layer: str | None) -> str:
-    return (layer or "").rsplit(".", 1)[-1]
 
 
 def _palette(n: int) -> list[tuple[float, float, float, float]]:
