@@ -75,6 +75,7 @@ def test_imagenet_config_schedules_the_papers_figures(name, capsys):
     assert panels["k"] == 9 and panels["layers"] == list(PAPER_LAYERS)
     assert callbacks[FILTERS]["layer"] == "conv1" and callbacks[FILTERS]["every_n_epochs"] == 1
     assert callbacks[OCCLUSION]["every_n_epochs"] == 10
+    assert callbacks[OCCLUSION]["indices"] is None  # four classes, not the first class's four images
     # Sized for a 224 px network, not the quickstart's 64 px one (48 px tiles).
     assert evolution["tile"] >= 64 and panels["tile"] >= 64
 

@@ -52,6 +52,27 @@ def test_callback_logs_tag_and_png_and_restores_train_mode(tmp_path):
     assert figures == ["occlusion_1_epoch002.png", "occlusion_2_epoch002.png"]
 
 
+def test_callback_without_indices_draws_the_first_image_of_each_quarter(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from zflight.callbacks.occlusion import OcclusionFigures
+    from zflight.data import ShapesDataModule
+    from zflight.module import ImageClassifier
+
+    torch.manual_seed(0)
+    module = ImageClassifier(arch="zfnet", num_classes=10, width=0.125, image_size=64, init="kaiming")
+    dm = ShapesDataModule(image_size=64, train_size=8, val_size=12, test_size=4, batch_size=4)
+    trainer = Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
+        default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[OcclusionFigures(indices=None, size=32, stride=32, layer="conv5")],
+    )
+    trainer.fit(module, datamodule=dm)
+    figures = sorted(p.name for p in tmp_path.rglob("occlusion_*.png"))
+    assert figures == [f"occlusion_{i}_epoch001.png" for i in (0, 3, 6, 9)]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [({"every_n_epochs": 0}, "every_n_epochs"), ({"indices": []}, "indices"),

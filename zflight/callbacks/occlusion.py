@@ -44,7 +44,9 @@ class OcclusionFigures(Callback):
 
     Args:
         every_n_epochs: draw after every n-th training epoch (1 = every epoch).
-        indices: validation-set indices of the images to draw.
+        indices: validation-set indices of the images to draw; ``None``: four images spread
+            over the validation set, the first of each quarter (in a class-sorted set such as
+            ImageNet's 50,000, four different classes: 0, 12,500, 25,000 and 37,500).
         size: side of the gray square in pixels; ``None``: a quarter of the image size.
         stride: step between square positions in pixels; ``None``: a quarter of ``size``.
         layer: layer whose strongest feature map is tracked (e.g. ``"relu5"``); ``None``: the
@@ -64,7 +66,7 @@ class OcclusionFigures(Callback):
     def __init__(
         self,
         every_n_epochs: int = 1,
-        indices: Sequence[int] = (0, 1, 2, 3),
+        indices: Sequence[int] | None = (0, 1, 2, 3),
         size: int | None = None,
         stride: int | None = None,
         layer: str | None = None,
@@ -73,9 +75,11 @@ class OcclusionFigures(Callback):
     ) -> None:
         super().__init__()
         _check_int("every_n_epochs", every_n_epochs, 1)
-        indices = list(indices) if not isinstance(indices, (str, bytes)) else None  # type: ignore[assignment]
-        if not indices or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in indices):
-            raise ValueError(f"indices must be a non-empty list of ints >= 0, got {indices!r}")
+        if indices is not None:
+            given = indices
+            indices = list(indices) if not isinstance(indices, (str, bytes)) else None  # type: ignore[assignment]
+            if not indices or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in indices):
+                raise ValueError(f"indices must be a non-empty list of ints >= 0 or None, got {given!r}")
         if size is not None:
             _check_int("size", size, 1)
         if stride is not None:
@@ -102,8 +106,15 @@ class OcclusionFigures(Callback):
         if dataset is not None:  # set up by now; plain dataloaders are checked when first drawn
             self._check_indices(dataset)
 
+    def _indices(self, dataset: Any) -> list[int]:
+        """The images to draw: ``indices``, or the first of each quarter of ``dataset``."""
+        if self.indices is not None:
+            return list(self.indices)
+        n = len(dataset)
+        return sorted({k * n // 4 for k in range(4)})
+
     def _check_indices(self, dataset: Any) -> None:
-        bad = [i for i in self.indices if i >= len(dataset)]
+        bad = [i for i in self._indices(dataset) if i >= len(dataset)]
         if bad:
             raise CallbackConfigError(
                 f"OcclusionFigures: indices {bad} are outside the validation set (it has {len(dataset)} images)"
@@ -129,7 +140,8 @@ class OcclusionFigures(Callback):
 
         dataset = _validation_dataset(trainer)
         self._check_indices(dataset)
-        items = [dataset[i] for i in self.indices]
+        indices = self._indices(dataset)
+        items = [dataset[i] for i in indices]
         images = torch.stack([x for x, *_ in items]).to(pl_module.device)
         targets = [int(y) for _, y, *_ in items]
         model: nn.Module = getattr(pl_module, "model", pl_module)
@@ -148,7 +160,7 @@ class OcclusionFigures(Callback):
         display = _display(dataset, images.cpu())
         class_names = getattr(dataset, "classes", None) or getattr(trainer.datamodule, "classes", None)
         maps = maps.to("cpu")
-        for k, index in enumerate(self.indices):
+        for k, index in enumerate(indices):
             fig = occlusion_figure(
                 display[k : k + 1],
                 maps.subset(k),
