@@ -215,6 +215,7 @@ def test_a_callback_layer_the_network_lacks_is_one_error_line_before_training(tm
     assert err[0].startswith("python -m zflight fit: error: FeatureEvolution: layer='conv6' is not a module of ZFNet")
     assert len(err) <= 3, err
     assert not list((tmp_path / "runs").rglob("*.ckpt"))  # nothing trained
+    assert not list((tmp_path / "runs").rglob("version_*"))  # and no empty run left for TensorBoard
 
 
 def test_fit_fine_tunes_your_own_network_from_its_weights_file(tmp_path, own_network):

@@ -9,7 +9,9 @@ usage), and an abbreviated option is an error, never taken for a longer one.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
 import re
 import sys
 from pathlib import Path
@@ -159,7 +161,27 @@ class ZFlightCLI(LightningCLI):
         except CallbackConfigError as err:
             # A callback's layer the network lacks, found at setup (before the first step): its
             # line names the callback and the layer; Lightning's traceback would only bury it.
+            self._remove_unstarted_run()
             self._error(str(err))
+
+    def _remove_unstarted_run(self) -> None:
+        """Delete the TensorBoard event file this process opened for a run that never started.
+
+        By setup the logger has opened its writer, so the run that failed before its first step
+        would stay behind as an empty ``version_N`` in TensorBoard. Only this process's file goes
+        (its name ends in ``.<pid>.<n>``; a resumed run's older files stay), and the folder only
+        when nothing else is in it.
+        """
+        logger = getattr(self.trainer, "logger", None)
+        writer = getattr(logger, "_experiment", None)  # None: no writer was opened, nothing written
+        if writer is None:
+            return
+        writer.close()
+        folder = Path(writer.log_dir)
+        for file in folder.glob(f"events.out.tfevents.*.{os.getpid()}.*"):
+            file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the hyperparameters of --ckpt_path before anything else, and a
