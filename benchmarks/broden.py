@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,8 @@ from torch.utils.data import DataLoader, Subset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from benchmarks import _memory  # noqa: E402 (after the path)
 
 LAYERS = ["layer3", "layer4"]
 
@@ -119,22 +120,12 @@ def timings(root: Path, n: int, batch_size: int, repeats: int, workers: int) -> 
 def peak_rss_mb(root: Path, n: int, batch_size: int) -> tuple[float, float]:
     """RSS (MiB) of a fresh process before, and its peak while, it dissects ``n`` images
     (no DataLoader workers: everything is in the measured process)."""
-    code = (
-        "import sys, torch\n"
-        f"sys.path.insert(0, {ROOT!r})\n"
+    return _memory.peak_rss_mb(
         "from pathlib import Path\n"
         "from benchmarks.broden import _model, _dataset, _dissect\n"
-        f"torch.set_num_threads({torch.get_num_threads()})\n"
-        f"model, data = _model(), _dataset(Path({str(root)!r}), {n})\n"
-        "status = lambda key: int([l for l in open('/proc/self/status') if l.startswith(key)][0].split()[1])\n"
-        "before = status('VmRSS:')\n"
-        "open('/proc/self/clear_refs', 'w').write('5')  # resets VmHWM, the peak RSS\n"
-        f"_dissect(model, data, {batch_size}, 0)\n"
-        "print(before, status('VmHWM:'))\n"
+        f"model, data = _model(), _dataset(Path({str(root)!r}), {n})",
+        f"_dissect(model, data, {batch_size}, 0)",
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    before, peak = (int(v) / 1024.0 for v in out.stdout.strip().splitlines()[-1].split())  # KiB
-    return before, peak
 
 
 def main() -> None:

@@ -27,13 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import _memory  # noqa: E402 (after the path)
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
@@ -110,30 +112,19 @@ def timings(n: int, ckpt_path: str | None, batch_size: int, repeats: int) -> dic
 def peak_rss_mb(n: int, ckpt_path: str | None, batch_size: int) -> tuple[float, float]:
     """RSS (MiB) of a fresh process before, and its peak while, it dissects ``n`` images.
 
-    The peak is reset just before :func:`dissect` (``/proc/self/clear_refs``, Linux), so that
-    imports do not hide it. The data set renders its images as the DataLoader asks for them
-    and keeps them in its uint8 cache (``n * 3 * 64 * 64`` bytes): that cache is the data
-    set's, and is reported apart from what dissection itself holds.
+    The peak is reset just before :func:`dissect`, so that imports do not hide it. The data set
+    renders its images as the DataLoader asks for them and keeps them in its uint8 cache
+    (``n * 3 * 64 * 64`` bytes): that cache is the data set's, and is reported apart from what
+    dissection itself holds.
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = (
-        "import os, sys, torch\n"
-        f"sys.path.insert(0, {root!r})\n"
+    return _memory.peak_rss_mb(
         "from benchmarks.dissection import _model, LAYERS\n"
         "from zflight.analysis.dissection import dissect\n"
         "from zflight.data import ShapesDataset\n"
-        f"torch.set_num_threads({torch.get_num_threads()})\n"
         f"model = _model({ckpt_path!r})\n"
-        f"ds = ShapesDataset({n}, image_size=64, seed=0)\n"
-        "status = lambda key: int([l for l in open('/proc/self/status') if l.startswith(key)][0].split()[1])\n"
-        "before = status('VmRSS:')\n"
-        "open('/proc/self/clear_refs', 'w').write('5')  # resets VmHWM, the peak RSS\n"
-        f"dissect(model, ds, LAYERS, batch_size={batch_size}, progress=False)\n"
-        "print(before, status('VmHWM:'))\n"
+        f"ds = ShapesDataset({n}, image_size=64, seed=0)",
+        f"dissect(model, ds, LAYERS, batch_size={batch_size}, progress=False)",
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    before, peak = (int(v) / 1024.0 for v in out.stdout.strip().splitlines()[-1].split())  # KiB
-    return before, peak
 
 
 def main() -> None:
