@@ -17,6 +17,7 @@ from torch import nn
 
 from zflight.attribution._layers import (
     LayerNotReachedError,
+    as_unit_maps,
     forward_until,
     resolve_layer,
 )
@@ -45,16 +46,8 @@ def capture(
 
 
 def as_maps(out: torch.Tensor, key: str) -> torch.Tensor:
-    if out.dim() == 2:
-        return out[:, :, None, None]  # a vector layer: each unit is a 1x1 map
-    if out.dim() != 4:
-        raise ValueError(
-            f"layers: {key!r} outputs shape {tuple(out.shape)}; dissection needs maps "
-            "[N, units, h, w] (or [N, units])"
-        )
-    if not out.is_floating_point():
-        raise ValueError(f"layers: {key!r} outputs {out.dtype}, not floating-point activations")
-    return out
+    """A dissected layer's output as ``[N, units, h, w]`` (see :func:`as_unit_maps`)."""
+    return as_unit_maps(out, f"layers: {key!r}", "dissection needs maps")
 
 
 def check_fraction(name: str, value: Any, *, open_interval: bool) -> float:

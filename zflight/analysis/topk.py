@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zflight.analysis._distributed import comm_device, progress_bar, rank_world
 from zflight.attribution._layers import (
+    as_unit_maps,
     forward_to,
     forward_until,
     preserve_modes,
@@ -210,7 +211,7 @@ class _RunningTopK:
         self.started = False
 
     def start(self, out: torch.Tensor, k: int, device: torch.device) -> torch.Tensor:
-        fmap = _as_feature_maps(out, self.name)
+        fmap = as_unit_maps(out, f"layer={self.name!r}", "top activations need feature maps")
         if not self.started:
             self.channels = _channel_list(self.requested, fmap.shape[1], self.name)
             self.feature_size = (int(fmap.shape[2]), int(fmap.shape[3]))
@@ -381,17 +382,6 @@ def _progress(loader: DataLoader, show: bool, layer: str, total_images: int) -> 
             bar.update(len(_images_of(batch)))
     finally:
         bar.close()
-
-
-def _as_feature_maps(out: torch.Tensor, name: str) -> torch.Tensor:
-    if out.dim() == 2:
-        return out[:, :, None, None]  # a vector layer: each unit is a 1x1 map
-    if out.dim() != 4:
-        raise ValueError(
-            f"layer={name!r} outputs shape {tuple(out.shape)}; top activations need feature "
-            "maps [N, C, H, W] (or [N, C])"
-        )
-    return out
 
 
 def _channel_list(

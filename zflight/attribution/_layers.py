@@ -17,6 +17,7 @@ from torch import nn
 __all__ = [
     "resolve_layer",
     "layer_label",
+    "as_unit_maps",
     "forward_to",
     "forward_until",
     "layer_outputs",
@@ -86,6 +87,30 @@ def layer_label(name: str) -> str:
     if head in ("features", "classifier") and tail and "." not in tail and not tail[0].isdigit():
         return tail
     return name
+
+
+def as_unit_maps(out: torch.Tensor, label: str, needs: str) -> torch.Tensor:
+    """A layer's output as ``[N, units, h, w]``; a vector layer's units become 1 x 1 maps.
+
+    Args:
+        out: the layer's output.
+        label: how the error names the layer (``"layer='fc7'"``, ``"layers: 'fc7'"``).
+        needs: what the tool needs, for the error (``"dissection needs maps"``).
+
+    Raises:
+        ValueError: ``out`` is neither ``[N, C, H, W]`` nor ``[N, C]``, or not floating-point.
+
+    Example:
+        >>> as_unit_maps(torch.zeros(2, 5), "layer='fc7'", "top activations need feature maps").shape
+        torch.Size([2, 5, 1, 1])
+    """
+    if out.dim() == 2:
+        out = out[:, :, None, None]
+    elif out.dim() != 4:
+        raise ValueError(f"{label} outputs shape {tuple(out.shape)}; {needs} [N, C, H, W] (or [N, C])")
+    if not out.is_floating_point():
+        raise ValueError(f"{label} outputs {out.dtype}, not floating-point activations")
+    return out
 
 
 class _StopForward(Exception):
