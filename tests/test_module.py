@@ -105,6 +105,15 @@ def test_any_torchvision_model_trains_with_the_same_module(tmp_path):
     assert module.global_step == 1
 
 
+def test_a_network_with_auxiliary_outputs_trains_on_its_main_logits(tmp_path):
+    # GoogLeNet returns GoogLeNetOutputs(logits, aux_logits2, aux_logits1) in training mode.
+    module = ImageClassifier(arch="googlenet", num_classes=10, model_args={"init_weights": False})
+    module.train()
+    assert module(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+    _trainer(tmp_path, max_steps=1).fit(module, _loader())
+    assert module.global_step == 1
+
+
 @pytest.fixture(scope="module")
 def pretrained_ckpt(tiny_ckpt_factory):
     return tiny_ckpt_factory(20)

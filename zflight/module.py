@@ -134,12 +134,26 @@ class ImageClassifier(LightningModule):
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores (logits) for a batch of images."""
+        """Class scores (logits) for a batch of images.
+
+        A network that returns several outputs is read through its main logits, as the analysis
+        tools read it: GoogLeNet's and Inception's in training mode (their auxiliary heads are not
+        trained), a Hugging Face-style output's ``.logits``, a tuple's first tensor.
+        """
         if self.channels_last and x.dim() == 4:
             # Done here rather than in on_after_batch_transfer, which Lightning warns about when a
             # data module is used too.
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        out = self.model(x)
+        if isinstance(out, torch.Tensor):
+            return out
+        from zflight.sources import _output_tensor
+
+        logits, _ = _output_tensor(out)
+        if logits is None:
+            raise ValueError(f"arch: {self.hparams.arch}'s forward returns {type(out).__name__} without a tensor "
+                             "of class scores")
+        return logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
