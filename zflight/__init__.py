@@ -59,7 +59,7 @@ from zflight.data import (
     ShapesDataset,
     TransferShapesDataset,
 )
-from zflight.models import ZFNet, alexnet_zf, build_model, renormalize_filters, zfnet
+from zflight.models import ZFNet, alexnet_zf, build_model, fit_head, renormalize_filters, zfnet
 from zflight.sources import ImageFiles, ModelSource, Preprocess, image_folder, load_model
 from zflight.module import ImageClassifier
 from zflight.report import build_report
@@ -79,6 +79,7 @@ __all__ = [
     "zfnet",
     "alexnet_zf",
     "build_model",
+    "fit_head",
     "renormalize_filters",
     # any model, any images
     "load_model",
