@@ -176,6 +176,21 @@ def test_pretrained_torchvision_weights_keep_all_but_a_fresh_head_sized_for_the_
     assert [n for n, p in module.model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
 
 
+def test_pretrained_weights_without_a_network_point_to_init_from(tmp_path, monkeypatch):
+    import urllib.error
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ValueError, match=r"^weights: cannot download ResNet18_Weights.IMAGENET1K_V1 .*"
+                                         r"resnet18-f37072fd.pth: put it there, or give the weights file as "
+                                         r"init_from$"):
+        ImageClassifier(arch="resnet18", num_classes=5, weights="IMAGENET1K_V1")
+
+
 def test_init_from_a_weights_file_of_a_torchvision_network(resnet18_file):
     module = ImageClassifier(arch="resnet18", num_classes=4, init_from=str(resnet18_file))
     theirs = torch.load(resnet18_file, weights_only=True)

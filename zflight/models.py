@@ -347,6 +347,9 @@ def build_model(
         text = str(err)
         if text.startswith("model: "):  # sources name the analysis tools' --model; here it is arch
             text = f"arch: {text[len('model: '):]}"
+        # Without a network the sources point to --checkpoint FILE; for fit that is init_from.
+        text = text.replace("pass the weights with --checkpoint FILE", "give the weights file as init_from")
+        text = text.replace("or pass --checkpoint FILE", "or give the weights file as init_from")
         if "is not a torchvision classification model" in text:
             text = text.replace("is not a torchvision classification model",
                                 "is not zfnet, zfnet_b, alexnet_zf or a torchvision classification model")

@@ -33,7 +33,8 @@ class ImageClassifier(LightningModule):
         arch: ``zfnet``, ``zfnet_b``, ``alexnet_zf``, a torchvision classification model name
             (``resnet18``), ``timm:NAME`` or ``package.module:attr`` (your own network class or
             function, imported from the current folder): the model sources the analysis tools
-            read with ``--model``. Its forward must return the class scores.
+            read with ``--model``. Its forward returns the class scores (or an output holding
+            them; see :meth:`forward`).
         num_classes: number of classes (linked to the data module's by the CLI).
         width: channel multiplier of zflight's networks (0.25 in the quickstart).
         image_size: input height/width (linked to the data module's by the CLI).
