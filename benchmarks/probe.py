@@ -57,9 +57,16 @@ def _model(ckpt_path: str | None) -> torch.nn.Module:
 
 
 def _forward(model: torch.nn.Module, data: TensorDataset, batch_size: int) -> None:
+    device = next(model.parameters()).device
     with torch.no_grad():
         for x, _ in DataLoader(data, batch_size=batch_size):
-            model(x)
+            model(x.to(device))
+    _sync(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # the clock must see the GPU's work, not its queueing
+        torch.cuda.synchronize(device)
 
 
 def _best(fn: Any, repeats: int) -> float:
@@ -102,6 +109,8 @@ def main() -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--device", default="cpu",
+                        help="where the network and zflight's solves run (scikit-learn stays on the CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # scikit-learn's BLAS (numpy's OpenBLAS) gets the same number of threads as torch.
@@ -116,7 +125,8 @@ def main() -> dict[str, Any]:
     from zflight.analysis.probe import probe_features
     from zflight.data.transfer import TransferShapesDataset
 
-    model = _model(args.ckpt_path)
+    device = torch.device(args.device)
+    model = _model(args.ckpt_path).to(device)
     ds = TransferShapesDataset(args.num_images).render_all(progress=False)
     items = [ds[i] for i in range(len(ds))]
     data = TensorDataset(torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
@@ -127,6 +137,7 @@ def main() -> dict[str, Any]:
         times["forward"] = min(times["forward"], _best(lambda: _forward(model, data, args.batch_size), 1))
         t = time.perf_counter()
         feats, labels = probe_features(model, data, LAYERS, batch_size=args.batch_size, progress=False)
+        _sync(device)
         times["probe features"] = min(times["probe features"], time.perf_counter() - t)
     ratio = times["probe features"] / times["forward"]
     print(f"{args.num_images} images: forward {times['forward']:.2f} s, probe features {times['probe features']:.2f} s "
@@ -135,34 +146,38 @@ def main() -> dict[str, Any]:
     n = args.solve_images
     solves: dict[str, Any] = {}
     for layer in LAYERS:
+        # zflight solves where the features are (--device); scikit-learn gets CPU copies.
         x_tr, x_te = standardize(feats[layer][:n], feats[layer][n:])
         y_tr, y_te = labels[:n], labels[n:]
+        x_cpu, y_cpu = x_tr.cpu(), y_tr.cpu()
         row: dict[str, Any] = {"dims": int(x_tr.shape[1])}
         for loss, ref in (("svm", LinearSVC(C=args.C)), ("logistic", LogisticRegression(C=args.C))):
             exact = fit_linear_classifier(x_tr, y_tr, loss=loss, C=args.C, num_classes=10, tol=1e-10,
                                           max_iter=20_000).weight
             clf = fit_linear_classifier(x_tr, y_tr, loss=loss, C=args.C, num_classes=10)
-            ours_err = float((clf.weight - exact).norm() / exact.norm())
-            matched_tol, matched, matched_err = _matched(loss, args.C, x_tr, y_tr, exact, ours_err)
+            ours_err = float((clf.weight - exact).norm() / exact.norm())  # on the device
+            exact = exact.cpu()
+            matched_tol, matched, matched_err = _matched(loss, args.C, x_cpu, y_cpu, exact, ours_err)
             ours_t, theirs_t, matched_t = float("inf"), float("inf"), float("inf")
             for _ in range(args.repeats):  # the three interleaved: a slow moment hits them alike
                 t = time.perf_counter()
                 clf = fit_linear_classifier(x_tr, y_tr, loss=loss, C=args.C, num_classes=10)
+                _sync(device)
                 ours_t = min(ours_t, time.perf_counter() - t)
                 with warnings.catch_warnings():  # LogisticRegression's iteration cap, reported below
                     warnings.simplefilter("ignore")
                     t = time.perf_counter()
-                    ref.fit(x_tr.numpy(), y_tr.numpy())
+                    ref.fit(x_cpu.numpy(), y_cpu.numpy())
                     theirs_t = min(theirs_t, time.perf_counter() - t)
                 t = time.perf_counter()
-                matched.fit(x_tr.numpy(), y_tr.numpy())
+                matched.fit(x_cpu.numpy(), y_cpu.numpy())
                 matched_t = min(matched_t, time.perf_counter() - t)
             theirs_w = torch.as_tensor(ref.coef_, dtype=torch.float64)
             row[loss] = {
                 "zflight_s": ours_t,
                 "sklearn_s": theirs_t,
                 "zflight_acc": float((clf.predict(x_te) == y_te).double().mean()),
-                "sklearn_acc": float(ref.score(x_te.numpy(), y_te.numpy())),
+                "sklearn_acc": float(ref.score(x_te.cpu().numpy(), y_te.cpu().numpy())),
                 "zflight_err": ours_err,
                 "sklearn_err": float((theirs_w - exact).norm() / exact.norm()),
                 "sklearn_matched_tol": matched_tol,
@@ -180,7 +195,7 @@ def main() -> dict[str, Any]:
                   f"{r['sklearn_err']:.0e}, acc {r['sklearn_acc']:.3f}, {r['sklearn_iter']} it) | matched tol "
                   f"{r['sklearn_matched_tol']:.0e} {r['sklearn_matched_s']:.3f} s = "
                   f"{r['sklearn_matched_s'] / r['zflight_s']:.1f}x (err {r['sklearn_matched_err']:.0e})", flush=True)
-    result = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+    result = {"machine": platform.processor() or platform.machine(), "device": str(device), "threads": args.threads,
               "num_images": args.num_images, "solve_images": n, "C": args.C, "times": times,
               "features_over_forward": ratio, "solves": solves}
     print(json.dumps(result))
