@@ -324,8 +324,9 @@ def _layer(
         chunk = dataclasses.replace(top, channels=top.channels[part], values=top.values[part],
                                     indices=top.indices[part], positions=top.positions[part])
         bar.stage("projections", f"projections {name} {start}")
+        # Under torchrun each rank projects its share of the chunk's batches; all get every tile.
         projections, patches = top_activation_crops(model, dataset, chunk, tile=o["tile"],
-                                                    batch_size=o["batch_size"])
+                                                    batch_size=o["batch_size"], shard=True)
         top1.append(projections[:, 0])
         bar.stage("pictures", f"{name} {start}")
         for row, unit in enumerate(chunk.channels.tolist()):

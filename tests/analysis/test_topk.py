@@ -179,6 +179,43 @@ def test_ddp_ranks_mine_shards_and_all_get_the_single_process_result(tmp_path, m
         torch.testing.assert_close(got["values"], single.values)
 
 
+def _crops_worker(rank: int, world: int, store: str, out: str) -> None:
+    from zflight.attribution.deconvnet import DeconvNet
+
+    torch.set_num_threads(1)  # a forked child must stay out of the parent's OpenMP pool
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    projected = []
+    original = DeconvNet.project
+
+    def counting(self, inputs, *args, **kwargs):
+        projected.append(len(inputs))
+        return original(self, inputs, *args, **kwargs)
+
+    DeconvNet.project = counting
+    try:
+        torch.manual_seed(0)
+        model = zfnet(num_classes=10, width=0.125, image_size=64, init="kaiming")
+        ds = ShapesDataset(37, image_size=64, seed=3)
+        top = top_activations(model, ds, "conv3", k=9, channels=[0, 1, 2], batch_size=8, progress=False)
+        proj, patches = top_activation_crops(model, ds, top, tile=16, batch_size=8, shard=True)
+        torch.save({"proj": proj, "patches": patches, "projected": projected}, f"{out}.{rank}")
+    finally:
+        DeconvNet.project = original
+        torch.distributed.destroy_process_group()
+
+
+def test_sharded_crops_split_the_batches_and_all_ranks_get_one_processs_tiles(tmp_path, model, dataset):
+    out = str(tmp_path / "crops")
+    mp.start_processes(_crops_worker, args=(2, str(tmp_path / "store"), out), nprocs=2, start_method="fork")
+    top = top_activations(model, dataset, "conv3", k=9, channels=[0, 1, 2], batch_size=8, progress=False)
+    proj, patches = top_activation_crops(model, dataset, top, tile=16, batch_size=8, shard=True)  # no group
+    got = [torch.load(f"{out}.{rank}", weights_only=False) for rank in range(2)]
+    # 27 images in batches of 8: rank 0 projects batches 0 and 2 (8 + 8), rank 1 batches 1 and 3 (8 + 3)
+    assert [g["projected"] for g in got] == [[8, 8], [8, 3]]
+    for g in got:
+        assert torch.equal(g["proj"], proj) and torch.equal(g["patches"], patches)
+
+
 def test_crops_are_projections_and_patches_of_the_same_box(model, dataset):
     top = top_activations(model, dataset, "conv2", k=4, channels=[1, 2], progress=False)
     proj, patches = top_activation_crops(model, dataset, top, tile=32)

@@ -47,3 +47,15 @@ def test_torchrun_visualize_writes_once_and_equals_one_process(tiny, tmp_path):
     assert (tmp_path / "one" / "top4_conv5.png").read_bytes() == (tmp_path / "two" / "top4_conv5.png").read_bytes()
     assert two.stdout.count("wrote 2 panels") == 2  # both ranks ran; only rank 0's folder exists
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_torchrun_report_shares_the_projections_and_draws_one_processs_pictures(tiny, tmp_path):
+    common = ["report", "--ckpt_path", str(tiny), "--layers", "conv2", "conv5", "--units", "6",
+              "--occlusion_images", "1", "--tile", "16", "--batch_size", "7"]
+    main([*common, "--out", str(tmp_path / "one")])
+    _run([*common, "--out", str(tmp_path / "two")], tmp_path, procs=2)
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
+    two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.png"))
+    assert one == two and len(one) >= 12  # a panel per unit, the sprites, the occlusion maps
+    for path in one:  # each projection computed by one rank, as one process computes it
+        assert (tmp_path / "one" / path).read_bytes() == (tmp_path / "two" / path).read_bytes(), path

@@ -276,6 +276,7 @@ def top_activation_crops(
     input_size: tuple[int, int] | None = None,
     batch_size: int | None = 64,
     device: torch.device | str | None = None,
+    shard: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the deconvnet projection of each top activation and its image patch, cropped alike.
 
@@ -296,6 +297,10 @@ def top_activation_crops(
         input_size: ``(height, width)`` of the images; read from the data set when ``None``.
         batch_size: images per deconvnet pass (``None``: all at once).
         device: where to run; ``None`` is the model's device.
+        shard: under a ``torch.distributed`` process group (``torchrun``), split the work:
+            rank ``r`` projects batches ``r, r + world, ...`` and every rank receives every
+            tile, the same numbers one process computes (each batch is the one it would run).
+            Every rank must then call this together. Without a process group it does nothing.
 
     Returns:
         ``(projections, patches)``, each ``[C, k, 3, tile, tile]`` on the CPU: the projections
@@ -319,24 +324,36 @@ def top_activation_crops(
     device = _model_device(model) if device is None else torch.device(device)
     c, k = top.indices.shape
     flat_idx = top.indices.reshape(-1).tolist()
-    images = torch.stack([_images_of(dataset[i]) for i in flat_idx]).to(device)
+    n = len(flat_idx)
     if input_size is None:
-        input_size = (int(images.shape[-2]), int(images.shape[-1]))
+        first = _images_of(dataset[flat_idx[0]])
+        input_size = (int(first.shape[-2]), int(first.shape[-1]))
     chans = top.channels.repeat_interleave(k)
-    with preserve_modes(model, eval_mode=True):
-        projections = DeconvNet(model).project(
-            images, layer=top.layer, channels=chans, mode="max", batch_size=batch_size
-        )
-        rf = receptive_field(model, top.layer, input_size)
-    shown = _display_images(dataset, images.cpu())
     positions = top.positions.reshape(-1, 2).tolist()
-    proj_tiles, patch_tiles = [], []
-    for n, (row, col) in enumerate(positions):
-        box = rf.box(row, col)
-        proj_tiles.append(_crop_to_tile(projections[n].cpu(), box, tile, fill=0.0))
-        patch_tiles.append(_crop_to_tile(shown[n], box, tile, fill=0.5))
-    shape = (c, k, images.shape[1], tile, tile)
-    return torch.stack(proj_tiles).view(shape), torch.stack(patch_tiles).view(shape)
+    step = max(n, 1) if batch_size is None else batch_size
+    rank, world = rank_world() if shard else (0, 1)
+    tiles: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch start -> its (projections, patches)
+    with preserve_modes(model, eval_mode=True):
+        rf = receptive_field(model, top.layer, input_size)
+        deconv = DeconvNet(model)
+        for start in range(rank * step, n, world * step):
+            stop = min(start + step, n)
+            images = torch.stack([_images_of(dataset[i]) for i in flat_idx[start:stop]]).to(device)
+            projections = deconv.project(images, layer=top.layer, channels=chans[start:stop], mode="max",
+                                         batch_size=step).cpu()
+            shown = _display_images(dataset, images.cpu())
+            boxes = [rf.box(row, col) for row, col in positions[start:stop]]
+            tiles[start] = (
+                torch.stack([_crop_to_tile(p, box, tile, fill=0.0) for p, box in zip(projections, boxes)]),
+                torch.stack([_crop_to_tile(x, box, tile, fill=0.5) for x, box in zip(shown, boxes)]),
+            )
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, tiles)
+        tiles = {start: part for rank_tiles in gathered for start, part in rank_tiles.items()}
+    ordered = [tiles[start] for start in sorted(tiles)]
+    shape = (c, k, ordered[0][0].shape[1], tile, tile)
+    return torch.cat([p for p, _ in ordered]).view(shape), torch.cat([x for _, x in ordered]).view(shape)
 
 
 # ------------------------------------------------------------------------------------ internals

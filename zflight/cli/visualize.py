@@ -147,8 +147,9 @@ def _run(args: argparse.Namespace) -> Path:
                                batch_size=args.batch_size, num_workers=args.num_workers, progress=True)
         for name in layers:
             top = tops[name]
+            # Under torchrun each rank projects its share of the batches; all get every tile.
             projections, patches = top_activation_crops(model, dataset, top, tile=args.tile,
-                                                        batch_size=args.batch_size)
+                                                        batch_size=args.batch_size, shard=True)
             panel = top_activation_panel(
                 projections, patches, maps_per_row=args.maps_per_row,
                 captions=[unit_caption(name, c, labels) for c in top.channels.tolist()],
