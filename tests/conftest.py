@@ -87,6 +87,35 @@ def photo_folders(tmp_path_factory):
     return root / "classes", root / "flat"
 
 
+@pytest.fixture
+def user_code(tmp_path, monkeypatch):
+    """``write(module, source)``: a user's own code as ``tmp_path/<module path>.py`` (each package
+    folder with an ``__init__.py``), with ``tmp_path`` the current folder, where
+    ``--model module:attr`` imports it from. ``sys.path`` and ``sys.modules`` are left as found."""
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    tops: set[str] = set()
+
+    def write(module: str, source: str) -> None:
+        *packages, name = module.split(".")
+        folder = tmp_path
+        for package in packages:
+            folder = folder / package
+            folder.mkdir(exist_ok=True)
+            (folder / "__init__.py").touch()
+        (folder / f"{name}.py").write_text(source)
+        top = module.split(".")[0]
+        tops.add(top)
+        for loaded in [m for m in sys.modules if m.split(".")[0] == top]:
+            monkeypatch.delitem(sys.modules, loaded)  # another test's copy
+
+    yield write
+    for loaded in [m for m in sys.modules if m.split(".")[0] in tops]:
+        sys.modules.pop(loaded)
+
+
 _OWN_NETWORK = """
 from torch import nn
 
@@ -103,15 +132,12 @@ class Net(nn.Module):
 
 
 @pytest.fixture
-def own_network(tmp_path, monkeypatch):
+def own_network(tmp_path, user_code):
     """A user's own network code, ``mynets.Net(channels)`` (1,000 outputs), importable from the
     current folder (``tmp_path``) as ``--model mynets:Net`` would import it; returns the module."""
     import importlib
     import sys
 
-    (tmp_path / "mynets.py").write_text(_OWN_NETWORK)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "mynets", raising=False)  # another test's copy
+    user_code("mynets", _OWN_NETWORK)
+    sys.path.insert(0, str(tmp_path))  # for the test's own import; user_code restores sys.path
     return importlib.import_module("mynets")
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import zipfile
 
@@ -150,17 +149,6 @@ def test_exactly_one_of_model_and_ckpt_path():
         load_model("resnet18", ckpt_path="x.ckpt")
 
 
-def _write_package(tmp_path, monkeypatch, body):
-    pkg = tmp_path / "mynets"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "tiny.py").write_text(body)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    for name in [m for m in sys.modules if m.startswith("mynets")]:
-        monkeypatch.delitem(sys.modules, name)
-
-
 NET = """
 import torch
 from torch import nn
@@ -189,8 +177,8 @@ def build(width=4):
 """
 
 
-def test_own_code_is_imported_from_the_current_folder_with_model_args(tmp_path, monkeypatch):
-    _write_package(tmp_path, monkeypatch, NET)
+def test_own_code_is_imported_from_the_current_folder_with_model_args(user_code):
+    user_code("mynets.tiny", NET)
     source = load_model("mynets.tiny:Net", model_args={"width": 6, "classes": 5}, preprocess=SMALL)
     assert source.kind == "import" and source.num_outputs == 5
     assert source.model.body[0].out_channels == 6
@@ -198,22 +186,22 @@ def test_own_code_is_imported_from_the_current_folder_with_model_args(tmp_path, 
     assert load_model("mynets.tiny:build", preprocess=SMALL).model.body[0].out_channels == 4
 
 
-def test_own_code_that_fails_to_import_shows_the_import_error(tmp_path, monkeypatch):
-    _write_package(tmp_path, monkeypatch, "import not_a_module_anywhere\n")
+def test_own_code_that_fails_to_import_shows_the_import_error(user_code):
+    user_code("mynets.tiny", "import not_a_module_anywhere\n")
     with pytest.raises(ValueError, match="model: cannot import mynets.tiny .*No module named 'not_a_module_anywhere'"):
         load_model("mynets.tiny:Net")
 
 
-def test_own_code_wrong_keyword_and_missing_attribute(tmp_path, monkeypatch):
-    _write_package(tmp_path, monkeypatch, NET)
+def test_own_code_wrong_keyword_and_missing_attribute(user_code):
+    user_code("mynets.tiny", NET)
     with pytest.raises(ValueError, match=r"model_args: mynets.tiny:Net\(\) got an unexpected keyword argument 'depth'"):
         load_model("mynets.tiny:Net", model_args={"depth": 3})
     with pytest.raises(ValueError, match="model: mynets.tiny has no attribute 'Nett'; did you mean Net"):
         load_model("mynets.tiny:Nett")
 
 
-def test_tuple_and_dict_outputs_are_read_through_their_first_tensor_or_logits(tmp_path, monkeypatch):
-    _write_package(tmp_path, monkeypatch, NET)
+def test_tuple_and_dict_outputs_are_read_through_their_first_tensor_or_logits(user_code):
+    user_code("mynets.tiny", NET)
     torch.manual_seed(0)
     plain = load_model("mynets.tiny:Net", preprocess=SMALL).model
     x = torch.randn(2, 3, 64, 64)
@@ -287,9 +275,9 @@ def test_default_layers_are_each_resolution_stages_output():
     assert default_layers(vgg, 32) == ["features.1", "features.6", "features.9"]
 
 
-def test_zflight_networks_default_to_the_papers_five_layers(tmp_path, monkeypatch):
-    _write_package(tmp_path, monkeypatch, "from zflight import zfnet\n\ndef net():\n"
-                   "    return zfnet(num_classes=4, width=0.125, image_size=64)\n")
+def test_zflight_networks_default_to_the_papers_five_layers(user_code):
+    user_code("mynets.tiny", "from zflight import zfnet\n\ndef net():\n"
+                "    return zfnet(num_classes=4, width=0.125, image_size=64)\n")
     source = load_model("mynets.tiny:net", preprocess={"crop": 64, "resize": 64})
     assert source.default_layers == ["conv1", "conv2", "conv3", "conv4", "conv5"]
 

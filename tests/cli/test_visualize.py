@@ -143,15 +143,8 @@ class Net(nn.Module):
 
 
 @pytest.fixture
-def own_package(tmp_path, monkeypatch):
-    (tmp_path / "ownnets").mkdir()
-    (tmp_path / "ownnets" / "__init__.py").write_text("")
-    (tmp_path / "ownnets" / "small.py").write_text(OWN_NET)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.path", list(__import__("sys").path))
-    yield
-    for name in [m for m in __import__("sys").modules if m.startswith("ownnets")]:
-        __import__("sys").modules.pop(name)
+def own_package(user_code):
+    user_code("ownnets.small", OWN_NET)
 
 
 @pytest.mark.parametrize(
