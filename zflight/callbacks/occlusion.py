@@ -113,12 +113,15 @@ class OcclusionFigures(Callback):
         n = len(dataset)
         return sorted({k * n // 4 for k in range(4)})
 
-    def _check_indices(self, dataset: Any) -> None:
-        bad = [i for i in self._indices(dataset) if i >= len(dataset)]
+    def _check_indices(self, dataset: Any) -> list[int]:
+        """The images to draw (see :meth:`_indices`), each checked to be in ``dataset``."""
+        indices = self._indices(dataset)
+        bad = [i for i in indices if i >= len(dataset)]
         if bad:
             raise CallbackConfigError(
                 f"OcclusionFigures: indices {bad} are outside the validation set (it has {len(dataset)} images)"
             )
+        return indices
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
@@ -139,8 +142,7 @@ class OcclusionFigures(Callback):
         from zflight.figures import figure_to_tensor, occlusion_figure, save_figure
 
         dataset = _validation_dataset(trainer)
-        self._check_indices(dataset)
-        indices = self._indices(dataset)
+        indices = self._check_indices(dataset)
         items = [dataset[i] for i in indices]
         images = torch.stack([x for x, *_ in items]).to(pl_module.device)
         targets = [int(y) for _, y, *_ in items]
