@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
 from zflight.models import Init, build_model, head_name, renormalize_filters
+from zflight.sources import _output_tensor
 
 __all__ = ["ImageClassifier"]
 
@@ -148,8 +149,6 @@ class ImageClassifier(LightningModule):
         out = self.model(x)
         if isinstance(out, torch.Tensor):
             return out
-        from zflight.sources import _output_tensor
-
         logits, _ = _output_tensor(out)
         if logits is None:
             raise ValueError(f"arch: {self.hparams.arch}'s forward returns {type(out).__name__} without a tensor "
